@@ -1,0 +1,1 @@
+"""Example bots. Run one with ``python -m voicebot serve --handler handlers.echo:EchoBot``."""

@@ -1,0 +1,714 @@
+"""One ``Call`` per WebSocket connection: the asyncio glue around the sans-I/O core.
+
+Data path (DESIGN.md §3):
+
+* The **reader** task parses each frame with ``StreamProtocol``, decodes media, puts it through the
+  jitter buffer, resamples the released audio once per wire chunk (stream rate → handler rate), cuts it
+  into fixed frames and appends them to a bounded inbound queue. It never waits for the bot: when the
+  queue is full the oldest *audio* is dropped and counted; DTMF and the end of the call are never
+  dropped.
+* The **handler** task runs ``handler.run(call)``; hooks of one call run one at a time.
+* There is no writer task per call. ``play`` resamples the bot's audio to the stream rate and pushes
+  it into an ``OutboundStream`` (chunker + pacer); the server's shared ``Ticker`` calls ``tick(now)``
+  when the pacer says a chunk may go, and ``tick`` sends whatever is due: encoded media chunks and the
+  marks that tell when a playback has been heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from voicebot.audio import FrameSplitter, Resampler, decode, encode, to_int16
+from voicebot.errors import LocalProtocolError, RemoteProtocolError
+from voicebot.events import Clear, Connected, Dtmf, Encoding, Mark, Media, Start, Stop, Unknown
+from voicebot.jitter import JitterBuffer
+from voicebot.logs import call_ids
+from voicebot.pacing import OutboundChunk, OutboundMark, OutboundStream
+from voicebot.protocol import StreamProtocol, StreamState
+from voicebot.ticker import Ticker
+
+if TYPE_CHECKING:
+    from voicebot.handler import Handler
+
+__all__ = ["AudioFrame", "Call", "CallEnded", "CallEvent", "CallStats", "Playback"]
+
+T = TypeVar("T")
+Samples = npt.NDArray[np.int16]
+
+#: How long a handler may keep running after its socket has closed before it is cancelled.
+HANDLER_GRACE_SECONDS: Final = 10.0
+#: Close codes (RFC 6455) we use.
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_INTERNAL_ERROR: Final = 1011
+#: Protocol errors are logged in full for the first few, then sampled, so a broken peer cannot flood logs.
+_LOGGED_PROTOCOL_ERRORS: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """A fixed-size frame of caller audio at the handler's rate, in call order."""
+
+    samples: Samples
+    sample_rate: int
+    index: int
+    """Frame number since the stream started; frames are contiguous in the call's timeline."""
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio in this frame."""
+        return len(self.samples) / self.sample_rate
+
+    @property
+    def timestamp(self) -> float:
+        """Seconds from the start of the stream to the start of this frame."""
+        return self.index * len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The last event of every call; ``reason`` as in ``Handler.on_stop``."""
+
+    reason: str
+
+
+CallEvent = AudioFrame | Dtmf | CallEnded
+
+
+@dataclass(slots=True)
+class CallStats:
+    """Counters of one call, for logs, metrics and tests."""
+
+    frames_in: int = 0
+    frames_dropped: int = 0
+    dtmf: int = 0
+    protocol_errors: int = 0
+    unknown_events: int = 0
+    chunks_out: int = 0
+    bytes_out: int = 0
+    marks_sent: int = 0
+    marks_echoed: int = 0
+    late_marks_ignored: int = 0
+    playbacks: int = 0
+    playbacks_interrupted: int = 0
+    clears: int = 0
+    send_stalls: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Playback:
+    """A handle on audio given to ``call.play``: done when the caller has heard it, or interrupted.
+
+    Await it (or ``await playback.wait()``) to wait until Exotel echoes a mark placed after it.
+    ``heard`` tells how much of it was played, in seconds.
+    """
+
+    __slots__ = ("_call", "_future", "duration", "end", "heard", "interrupted", "number", "start")
+
+    def __init__(self, call: Call, number: int, start: int, end: int, duration: float) -> None:
+        self._call = call
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.number = number
+        self.start = start
+        """First sample of this playback in the outbound stream (stream rate)."""
+        self.end = end
+        """One past its last sample in the outbound stream."""
+        self.duration = duration
+        """Seconds of audio that were played into the call."""
+        self.heard = 0.0
+        self.interrupted = False
+
+    def done(self) -> bool:
+        """Whether it has been heard completely or interrupted."""
+        return self._future.done()
+
+    async def wait(self, timeout: float | None = None) -> Playback:
+        """Wait until it has been heard (a mark after it echoed) or interrupted.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds; the playback itself goes on.
+        """
+        if not self._future.done():
+            self._call._ensure_mark_after(self)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._future)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Playback]:
+        return self.wait().__await__()
+
+    def _complete(self, heard: float, interrupted: bool) -> None:
+        if not self._future.done():
+            self.heard = heard
+            self.interrupted = interrupted
+            self._future.set_result(None)
+
+    def __repr__(self) -> str:
+        state = "interrupted" if self.interrupted else "heard" if self.done() else "pending"
+        return f"<Playback #{self.number} {self.duration:.2f}s {state} heard={self.heard:.2f}s>"
+
+
+class _InboundQueue:
+    """Frames and control events for the handler, in arrival order.
+
+    Audio is bounded: when full, the oldest frame is dropped. Control events are never dropped.
+    """
+
+    def __init__(self, max_audio: int) -> None:
+        self._max_audio = max_audio
+        self._audio: deque[tuple[int, AudioFrame]] = deque()
+        self._control: deque[tuple[int, Dtmf | CallEnded]] = deque()
+        self._order = itertools.count()
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put_audio(self, frame: AudioFrame) -> None:
+        if len(self._audio) >= self._max_audio:
+            self._audio.popleft()
+            self.dropped += 1
+        self._audio.append((next(self._order), frame))
+        self._ready.set()
+
+    def put_control(self, event: Dtmf | CallEnded) -> None:
+        self._control.append((next(self._order), event))
+        self._ready.set()
+
+    def drop_audio(self) -> int:
+        count = len(self._audio)
+        self._audio.clear()
+        return count
+
+    async def get(self) -> CallEvent:
+        while not (self._audio or self._control):
+            self._ready.clear()
+            await self._ready.wait()
+        if self._control and (not self._audio or self._control[0][0] < self._audio[0][0]):
+            return self._control.popleft()[1]
+        return self._audio.popleft()[1]
+
+
+class Call:
+    """One Exotel stream: what the bot sees of the call, and the pipeline that carries its audio.
+
+    Attributes available from ``on_start`` on: ``call_sid``, ``stream_sid``, ``account_sid``,
+    ``from_number``, ``to_number``, ``custom_parameters``, ``stream_rate``, ``encoding``. ``log`` is a
+    logger whose lines carry the call's ids; ``stats`` counts what happened.
+    """
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        handler: Handler,
+        ticker: Ticker,
+        *,
+        url_rate: int | None = None,
+        lead: float = 0.4,
+        chunk_ms: int | None = None,
+        write_buffer_limit: int = 64 * 1024,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._connection = connection
+        self.handler = handler
+        self._ticker = ticker
+        self._loop = asyncio.get_running_loop()
+        self._protocol = StreamProtocol(url_rate=url_rate)
+        self._lead = lead
+        self._chunk_ms = chunk_ms
+        self._write_buffer_limit = write_buffer_limit
+        self.log = logger or logging.getLogger("voicebot.call")
+        self.stats = CallStats()
+        self.handler_rate: int = handler.sample_rate
+        self._frame_samples = handler.sample_rate * handler.frame_ms // 1000
+        self._queue = _InboundQueue(handler.max_queued_frames)
+        self._ids: dict[str, str] = {}
+        self._started = asyncio.Event()
+        self._ended: CallEnded | None = None
+        self._closing_reason: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._task_group: asyncio.TaskGroup | None = None
+        self._handler_task: asyncio.Task[None] | None = None
+        # Inbound pipeline, built at `start` when the stream's rate is known.
+        self._jitter: JitterBuffer | None = None
+        self._in_resampler: Resampler | None = None
+        self._splitter = FrameSplitter(self._frame_samples)
+        self._frames_delivered = 0
+        # Outbound pipeline.
+        self._outbound: OutboundStream | None = None
+        self._out_resampler: Resampler | None = None
+        self._playbacks: deque[Playback] = deque()
+        self._playback_numbers = itertools.count(1)
+        self._marks: deque[tuple[int, str]] = deque()
+        self._mark_numbers = itertools.count(1)
+        self._cancelled_marks: set[str] = set()
+        self._control_out: list[str] = []
+
+    # --- what the bot reads ---------------------------------------------------------------------------
+
+    @property
+    def start_event(self) -> Start | None:
+        """The ``start`` message as parsed (None before the stream starts)."""
+        return self._protocol.start
+
+    @property
+    def call_sid(self) -> str:
+        """Exotel's call SID (matches the Connect API's ``Call.Sid``)."""
+        return self._protocol.start.call_sid if self._protocol.start else ""
+
+    @property
+    def stream_sid(self) -> str:
+        """Exotel's stream SID (empty if Exotel omitted it)."""
+        return self._protocol.stream_sid
+
+    @property
+    def account_sid(self) -> str:
+        """The Exotel account (an account name such as ``acmecorp1``)."""
+        return self._protocol.start.account_sid if self._protocol.start else ""
+
+    @property
+    def from_number(self) -> str:
+        """``start.from``: the caller on inbound calls; see exotel-protocol.md §12 item 9 for outbound."""
+        return self._protocol.start.from_number if self._protocol.start else ""
+
+    @property
+    def to_number(self) -> str:
+        """``start.to``: the number dialled on inbound calls."""
+        return self._protocol.start.to_number if self._protocol.start else ""
+
+    @property
+    def custom_parameters(self) -> dict[str, str]:
+        """Custom parameters from the stream URL, as ``start`` delivered them."""
+        return dict(self._protocol.start.custom_parameters) if self._protocol.start else {}
+
+    @property
+    def stream_rate(self) -> int:
+        """The stream's sample rate on the wire (8000, 16000 or 24000)."""
+        return self._protocol.sample_rate
+
+    @property
+    def encoding(self) -> Encoding:
+        """The stream's payload encoding (PCM16, or μ-law on the ExoML path)."""
+        return self._protocol.encoding
+
+    @property
+    def ended(self) -> CallEnded | None:
+        """How the call ended, once it has."""
+        return self._ended
+
+    @property
+    def jitter_stats(self) -> Any:
+        """The inbound jitter buffer's counters (None before start)."""
+        return self._jitter.stats if self._jitter is not None else None
+
+    @property
+    def pacer_stats(self) -> Any:
+        """The outbound pacer's counters (None before start)."""
+        return self._outbound.stats if self._outbound is not None else None
+
+    def __aiter__(self) -> AsyncIterator[CallEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[CallEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, CallEnded):
+                return
+
+    # --- what the bot does ---------------------------------------------------------------------------
+
+    def play_nowait(self, samples: npt.ArrayLike, *, sample_rate: int | None = None) -> Playback:
+        """Queue audio for the caller and return at once with its ``Playback``.
+
+        ``samples``: mono int16, or floats in [-1, 1], at the handler's ``sample_rate`` (or at
+        ``sample_rate`` if given). Consecutive calls form one continuous stream.
+        """
+        pcm = _as_int16(samples)
+        rate = sample_rate or self.handler_rate
+        outbound, resampler = self._outbound, self._out_resampler
+        if outbound is None or resampler is None:
+            raise LocalProtocolError("cannot play before the stream has started")
+        if self._ended is not None or self._closing_reason is not None:
+            # The caller is gone: nothing will be heard, and that is not the bot's error.
+            gone = Playback(self, next(self._playback_numbers), 0, 0, len(pcm) / rate)
+            gone._complete(0.0, interrupted=True)
+            return gone
+        if rate == self.handler_rate:
+            converted = resampler.process(pcm)
+        else:
+            one_off = Resampler(rate, self.stream_rate)
+            converted = np.concatenate([one_off.process(pcm), one_off.flush()])
+        start = outbound.pushed_samples
+        outbound.push(converted, self._loop.time())
+        playback = Playback(
+            self, next(self._playback_numbers), start, outbound.pushed_samples, len(pcm) / rate
+        )
+        self.stats.playbacks += 1
+        self._playbacks.append(playback)
+        self._wake()
+        return playback
+
+    async def play(self, samples: npt.ArrayLike, *, sample_rate: int | None = None) -> Playback:
+        """Play audio and wait until the caller has heard it (or it was interrupted by ``clear``)."""
+        playback = self.play_nowait(samples, sample_rate=sample_rate)
+        self._flush_out_resampler(playback)
+        return await playback.wait()
+
+    def clear(self) -> list[Playback]:
+        """Barge-in: stop what the caller hears now and forget everything queued.
+
+        Sends Exotel's ``clear``, drops local queued audio and marks, resets the outbound resampler
+        and pacer, and completes every pending playback as interrupted (with how much was heard).
+        Late echoes of their marks are ignored. Returns the playbacks it interrupted.
+        """
+        if self._outbound is None or self._protocol.state is not StreamState.STREAMING:
+            return []
+        self._control_out.append(self._protocol.clear())
+        self.stats.clears += 1
+        played = self._outbound.clear(self._loop.time()).heard_until
+        if self._out_resampler is not None:
+            self._out_resampler.reset()
+        self._cancelled_marks.update(name for _, name in self._marks)
+        self._marks.clear()
+        interrupted = self._interrupt_playbacks(played)
+        self._wake()
+        return interrupted
+
+    def drop_queued_audio(self) -> int:
+        """Forget caller audio that has arrived but not reached ``on_audio`` yet; returns the frame count.
+
+        For half-duplex bots: after a prompt, skip what the caller said while it played.
+        """
+        return self._queue.drop_audio()
+
+    async def hangup(self, timeout: float = 5.0) -> None:
+        """End the call once pending audio has been heard (at most ``timeout`` seconds), closing 1000.
+
+        Exotel ends the call when the socket closes; nothing is sent over the REST API.
+        """
+        if self._ended is not None or self._closing_reason is not None:
+            return
+        pending = [playback for playback in self._playbacks if not playback.done()]
+        if pending:
+            last = pending[-1]
+            self._flush_out_resampler(last)
+            try:
+                await last.wait(timeout)
+            except TimeoutError:
+                self.log.warning("hangup: audio not confirmed heard after %.1fs; closing anyway", timeout)
+        await self._close(CLOSE_NORMAL, "hangup")
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T | None]:
+        """Run ``coro`` as part of this call (e.g. STT → LLM → TTS) without blocking the hooks.
+
+        The task is cancelled when the call ends; if it raises, the call ends with 1011 and a log
+        line, like a failing hook (and the task's result is None).
+        """
+        if self._task_group is None or self._ended is not None:
+            coro.close()
+            raise RuntimeError("call.spawn() needs a live call")
+        task = self._task_group.create_task(self._guard(coro), name=name or f"call-{self.call_sid}-work")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until the call is over; never raises for the call's own failures."""
+        call_ids.set(self._ids)  # shared by reference with every task created below
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._task_group = group
+                group.create_task(self._read_loop(), name="voicebot-reader")
+                self._handler_task = group.create_task(self._handler_main(), name="voicebot-handler")
+        except* Exception as errors:
+            for error in errors.exceptions:
+                self.log.error("call pipeline failed", exc_info=error)
+            await self._close(CLOSE_INTERNAL_ERROR, "error")
+        finally:
+            self._ticker.discard(self)
+            self._end("error")
+            self._interrupt_playbacks(self._played_samples())
+
+    async def _guard(self, coro: Coroutine[Any, Any, T]) -> T | None:
+        try:
+            return await coro
+        except Exception:
+            self.log.exception("spawned task failed; ending the call with 1011")
+            await self._fail()
+            return None
+
+    async def _handler_main(self) -> None:
+        await self._started.wait()
+        if self._ended is None:
+            try:
+                await self.handler.run(self)
+            except Exception:
+                self.log.exception("handler failed; ending the call with 1011")
+                await self._fail()
+                return
+        await self._close(CLOSE_NORMAL, "hangup")
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _fail(self) -> None:
+        self._end("error")
+        await self._close(CLOSE_INTERNAL_ERROR, "error")
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closing_reason is None:
+            self._closing_reason = reason
+        if self._connection.state in (State.OPEN, State.CONNECTING):
+            await self._connection.close(code, reason)
+
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Close this call with 1001 (the server is going away); the handler sees ``shutdown``."""
+        self._closing_reason = self._closing_reason or reason
+        await self._close(CLOSE_GOING_AWAY, reason)
+
+    def _end(self, reason: str) -> None:
+        """Deliver ``CallEnded`` once, flushing the audio still held inbound."""
+        if self._ended is not None:
+            return
+        self._flush_inbound()
+        self._ended = CallEnded(reason)
+        self._queue.put_control(self._ended)
+        self._started.set()
+
+    # --- reader ---------------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        errors_logged = 0
+        try:
+            while True:
+                text = await self._connection.recv()
+                try:
+                    event = self._protocol.receive(text)
+                except RemoteProtocolError as exc:
+                    self.stats.protocol_errors += 1
+                    if errors_logged < _LOGGED_PROTOCOL_ERRORS or self.stats.protocol_errors % 100 == 0:
+                        errors_logged += 1
+                        self.log.warning(
+                            "ignored a bad message (%d so far): %s", self.stats.protocol_errors, exc
+                        )
+                    continue
+                self._on_event(event)
+        except ConnectionClosed:
+            self._end(self._closing_reason or "socket_closed")
+        finally:
+            if self._handler_task is not None and not self._handler_task.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HANDLER_GRACE_SECONDS):
+                        await asyncio.shield(self._handler_task)
+                if not self._handler_task.done():
+                    self.log.warning(
+                        "handler still running %.0fs after the call ended; cancelling", HANDLER_GRACE_SECONDS
+                    )
+                    self._handler_task.cancel()
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Media):
+            self._on_media(event)
+        elif isinstance(event, Dtmf):
+            self.stats.dtmf += 1
+            self._queue.put_control(event)
+        elif isinstance(event, Mark):
+            self._on_mark(event.name)
+        elif isinstance(event, Start):
+            self._on_start(event)
+        elif isinstance(event, Stop):
+            self._end(event.reason or "stopped")
+        elif isinstance(event, Unknown):
+            self.stats.unknown_events += 1
+            self.log.info("ignored unknown event %r", event.event)
+        elif isinstance(event, Clear | Connected):
+            pass
+
+    def _on_start(self, start: Start) -> None:
+        self._ids.update(call_sid=start.call_sid, stream_sid=start.stream_sid)
+        for warning in start.warnings:
+            self.stats.warnings.append(warning)
+            self.log.warning("%s", warning)
+        rate = start.sample_rate
+        self._jitter = JitterBuffer(rate, self.handler.jitter)
+        self._in_resampler = Resampler(rate, self.handler_rate)
+        self._out_resampler = Resampler(self.handler_rate, rate)
+        self._outbound = OutboundStream(rate, start.encoding, lead=self._lead, chunk_ms=self._chunk_ms)
+        self.log.info(
+            "call started: %s from=%s to=%s rate=%d (%s) encoding=%s",
+            start.call_sid, start.from_number, start.to_number, rate, start.rate_source, start.encoding.value,
+        )  # fmt: skip
+        self._started.set()
+
+    def _on_media(self, media: Media) -> None:
+        if self._jitter is None or self._ended is not None:
+            return
+        now = self._loop.time()
+        samples = decode(media.payload, self._protocol.encoding)
+        self._jitter.push(
+            samples, sequence_number=media.sequence_number, timestamp_ms=media.timestamp, now=now
+        )
+        self._deliver(self._jitter.pop(now))
+        due = self._jitter.next_due()
+        if due is not None:
+            self._ticker.schedule(self, due)
+
+    def _deliver(self, frames: list[Samples]) -> None:
+        if not frames or self._in_resampler is None:
+            return
+        audio = frames[0] if len(frames) == 1 else np.concatenate(frames)
+        self._deliver_at_handler_rate(self._in_resampler.process(audio))
+
+    def _deliver_at_handler_rate(self, audio: Samples) -> None:
+        for samples in self._splitter.push(audio):
+            self._queue.put_audio(AudioFrame(samples, self.handler_rate, self._frames_delivered))
+            self._frames_delivered += 1
+        self.stats.frames_in = self._frames_delivered
+        self.stats.frames_dropped = self._queue.dropped
+
+    def _flush_inbound(self) -> None:
+        if self._jitter is None or self._in_resampler is None:
+            return
+        self._deliver(self._jitter.flush())
+        self._deliver_at_handler_rate(self._in_resampler.flush())
+        last = self._splitter.flush(pad=True)
+        if last is not None:
+            self._deliver_at_handler_rate(last)
+
+    def _on_mark(self, name: str) -> None:
+        if name in self._cancelled_marks:
+            self._cancelled_marks.discard(name)
+            self.stats.late_marks_ignored += 1
+            return
+        position = None
+        while self._marks:
+            position_, name_ = self._marks.popleft()
+            if name_ == name:
+                position = position_
+                break
+        if position is None:
+            self.log.info("ignored echo of unknown mark %r", name)
+            return
+        self.stats.marks_echoed += 1
+        while self._playbacks and self._playbacks[0].end <= position:
+            playback = self._playbacks.popleft()
+            playback._complete(playback.duration, interrupted=False)
+
+    # --- writer (driven by the shared ticker) -------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._ticker.schedule(self, self._loop.time())
+
+    async def tick(self, now: float) -> float | None:
+        """Send what is due at ``now`` and release due inbound frames; return the next deadline."""
+        if self._ended is not None and self._closing_reason is not None:
+            return None
+        if self._jitter is not None and self._ended is None:
+            self._deliver(self._jitter.pop(now))
+        next_deadline = self._jitter.next_due() if self._jitter is not None else None
+        if self._outbound is None or self._protocol.state is not StreamState.STREAMING:
+            return next_deadline
+        if self._connection.state is not State.OPEN:
+            return None
+        if not self._socket_has_room():
+            # The peer is not reading: keep the audio here and look again shortly; the keepalive
+            # ping times a dead peer out.
+            self.stats.send_stalls += 1
+            return _earliest(next_deadline, now + 0.02)
+        try:
+            while self._control_out:
+                await self._connection.send(self._control_out.pop(0))
+            for item in self._outbound.poll(now):
+                if isinstance(item, OutboundChunk):
+                    payload = encode(item.samples, self._protocol.encoding)
+                    await self._connection.send(self._protocol.media(payload))
+                    self.stats.chunks_out += 1
+                    self.stats.bytes_out += len(payload)
+                elif isinstance(item, OutboundMark):
+                    await self._connection.send(self._protocol.mark(item.name))
+                    self.stats.marks_sent += 1
+        except (ConnectionClosed, LocalProtocolError):
+            return None
+        return _earliest(next_deadline, self._outbound.next_wakeup(now))
+
+    def _socket_has_room(self) -> bool:
+        transport = self._connection.transport
+        return transport is not None and transport.get_write_buffer_size() <= self._write_buffer_limit
+
+    # --- outbound bookkeeping --------------------------------------------------------------------------
+
+    def _flush_out_resampler(self, playback: Playback) -> None:
+        """Push the resampler's held tail so that ``playback`` is complete in the outbound stream."""
+        if self._out_resampler is None or self._outbound is None or playback.done():
+            return
+        tail = self._out_resampler.flush()
+        if len(tail):
+            self._outbound.push(tail, self._loop.time())
+            if playback is self._playbacks[-1]:
+                playback.end = self._outbound.pushed_samples
+
+    def _ensure_mark_after(self, playback: Playback) -> None:
+        """Make sure a mark follows ``playback``'s last sample, so its end will be confirmed."""
+        if playback.done() or self._outbound is None:
+            return
+        if self._marks and self._marks[-1][0] >= playback.end:
+            return
+        name = f"vb-{next(self._mark_numbers)}"
+        self._outbound.add_mark(name)
+        self._marks.append((self._outbound.pushed_samples, name))
+        self._wake()
+
+    def _played_samples(self) -> int:
+        if self._outbound is None:
+            return 0
+        return self._outbound.played_samples(self._loop.time())
+
+    def _interrupt_playbacks(self, played: int) -> list[Playback]:
+        interrupted: list[Playback] = []
+        rate = self.stream_rate
+        while self._playbacks:
+            playback = self._playbacks.popleft()
+            heard_samples = min(max(played - playback.start, 0), playback.end - playback.start)
+            playback._complete(heard_samples / rate, interrupted=True)
+            self.stats.playbacks_interrupted += 1
+            interrupted.append(playback)
+        return interrupted
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_sid or '(not started)'} rate={self.stream_rate} {self.encoding.value}>"
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _as_int16(samples: npt.ArrayLike) -> Samples:
+    array = np.asarray(samples)
+    if array.ndim != 1:
+        raise ValueError(f"play() takes mono audio as a 1-D array, got shape {array.shape}")
+    if array.dtype == np.int16:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return to_int16(array * 32767.0)
+    if np.issubdtype(array.dtype, np.integer):
+        return to_int16(array)
+    raise ValueError(f"play() takes int16 or float samples, got {array.dtype}")

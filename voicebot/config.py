@@ -1,0 +1,154 @@
+"""Configuration as frozen, keyword-only dataclasses with named defaults.
+
+Precedence (DESIGN.md §5): command-line flags override ``VOICEBOT_*`` environment variables, which
+override the defaults here. Only the CLI reads ``os.environ``; it passes the mapping in, so nothing is
+read at import time and tests can pass any environment they like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from voicebot.errors import ConfigError
+
+__all__ = ["LOOPS", "OPTIONS", "Option", "ServeConfig", "parse_auth"]
+
+LOOPS: Final = ("auto", "uvloop", "asyncio")
+LOG_FORMATS: Final = ("text", "json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """Everything ``python -m voicebot serve`` needs; see ``OPTIONS`` for each field's flag and variable."""
+
+    handler: str = "handlers.echo:EchoBot"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    loop: str = "auto"
+    max_calls: int = 0
+    drain_timeout: float = 30.0
+    auth: str | None = None
+    max_message_bytes: int = 1 << 20
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    lead_ms: int = 400
+    chunk_ms: int = 0
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
+        if self.loop not in LOOPS:
+            raise ConfigError(f"loop: {self.loop!r} is not one of {', '.join(LOOPS)}")
+        if self.max_calls < 0:
+            raise ConfigError("max_calls: must be 0 (no limit) or positive")
+        if self.drain_timeout < 0:
+            raise ConfigError("drain_timeout: must not be negative")
+        if self.auth is not None:
+            parse_auth(self.auth)
+        if self.max_message_bytes < 4096:
+            raise ConfigError("max_message_bytes: must be at least 4096 (one media message)")
+        if self.ping_interval < 0 or self.ping_timeout < 0:
+            raise ConfigError("ping_interval/ping_timeout: must not be negative (0 disables)")
+        if not 100 <= self.lead_ms <= 5000:
+            raise ConfigError(f"lead_ms: {self.lead_ms} is outside 100-5000 ms")
+        if self.chunk_ms < 0 or self.chunk_ms % 20:
+            raise ConfigError(f"chunk_ms: {self.chunk_ms} must be 0 (automatic) or a multiple of 20 ms")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not a logging level")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+
+    def __repr__(self) -> str:
+        # The auth secret must never reach a log line, even through a repr.
+        fields = ", ".join(
+            f"{f.name}={'***' if f.name == 'auth' and self.auth else repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+        )
+        return f"ServeConfig({fields})"
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> ServeConfig:
+        """Build a config from parsed flags (None = not given) over ``VOICEBOT_*`` variables."""
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            flag_value = flags.get(option.field)
+            if flag_value is not None:
+                values[option.field] = flag_value
+            elif option.env in environ:
+                values[option.field] = option.convert(environ[option.env], option.env)
+        return cls(**values)
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    """``USER:PASS`` → ``(user, password)``; the error never echoes the secret."""
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError("auth: expected USER:PASS with both parts non-empty")
+    return user, password
+
+
+def _as_int(text: str, where: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an integer") from None
+
+
+def _as_float(text: str, where: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not a number") from None
+
+
+def _as_str(text: str, where: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its config field, command-line flag, environment variable and help text."""
+
+    field: str
+    flag: str
+    env: str
+    convert: Callable[[str, str], Any]
+    help: str
+    metavar: str | None = None
+    secret: bool = False
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("handler", "--handler", "VOICEBOT_HANDLER", _as_str,
+           "the bot: module:Class or path/to/file.py:Class", "SPEC"),
+    Option("host", "--host", "VOICEBOT_HOST", _as_str, "address to listen on"),
+    Option("port", "--port", "VOICEBOT_PORT", _as_int,
+           "media port: WebSocket upgrades and GET /healthz (0 = any)"),
+    Option("loop", "--loop", "VOICEBOT_LOOP", _as_str,
+           "event loop: auto (uvloop when installed), uvloop, asyncio"),
+    Option("max_calls", "--max-calls", "VOICEBOT_MAX_CALLS", _as_int,
+           "refuse upgrades beyond N live calls with HTTP 503 (0 = no limit)", "N"),
+    Option("drain_timeout", "--drain-timeout", "VOICEBOT_DRAIN_TIMEOUT", _as_float,
+           "on SIGTERM/SIGINT, seconds live calls may go on before they are closed with 1001", "SECONDS"),
+    Option("auth", "--auth", "VOICEBOT_AUTH", _as_str,
+           "require HTTP Basic auth USER:PASS on the upgrade (prefer the variable: flags show in ps)",
+           "USER:PASS", secret=True),
+    Option("max_message_bytes", "--max-message-bytes", "VOICEBOT_MAX_MESSAGE_BYTES", _as_int,
+           "largest WebSocket message accepted from Exotel", "BYTES"),
+    Option("ping_interval", "--ping-interval", "VOICEBOT_PING_INTERVAL", _as_float,
+           "seconds between keepalive pings (0 disables)", "SECONDS"),
+    Option("ping_timeout", "--ping-timeout", "VOICEBOT_PING_TIMEOUT", _as_float,
+           "seconds to wait for a pong before dropping the peer (0 disables)", "SECONDS"),
+    Option("lead_ms", "--lead-ms", "VOICEBOT_LEAD_MS", _as_int,
+           "most audio queued at Exotel ahead of playback, in ms", "MS"),
+    Option("chunk_ms", "--chunk-ms", "VOICEBOT_CHUNK_MS", _as_int,
+           "outbound chunk duration in ms (0 = max(3200 B, 100 ms) per Exotel's rules)", "MS"),
+    Option("log_level", "--log-level", "VOICEBOT_LOG_LEVEL", _as_str, "debug, info, warning, error"),
+    Option("log_format", "--log-format", "VOICEBOT_LOG_FORMAT", _as_str,
+           "text or json (one object per line)"),
+)  # fmt: skip

@@ -7,11 +7,12 @@ win over variables, which win over defaults.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 from voicebot._version import __version__
 from voicebot.config import OPTIONS, Option, ServeConfig
@@ -21,8 +22,10 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("voicebot.cli")
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def _add_serve(subparsers: Subparsers) -> None:
     defaults = ServeConfig()
     parser = subparsers.add_parser(
         "serve",
@@ -55,11 +58,27 @@ def _argument_type(option: Option) -> Callable[[str], Any]:
     return convert
 
 
+class Command(Protocol):
+    """A subcommand module: adds its parser, then runs with the parsed args and the environment."""
+
+    def add_parser(self, subparsers: Subparsers) -> None: ...
+
+    def run(self, args: argparse.Namespace, environ: Mapping[str, str]) -> int: ...
+
+
+#: Subcommands that live in their own modules (``voicebot/cmd_*.py``), by name; imported lazily so
+#: ``voicebot serve`` never pays for the dialer's imports.
+COMMAND_MODULES: dict[str, str] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``voicebot`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="voicebot", description="Put a bot on an Exotel phone call.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(subparsers)
+    for module in COMMAND_MODULES.values():
+        command: Command = importlib.import_module(module)
+        command.add_parser(subparsers)
     subparsers.add_parser("version", help="print the version and exit")
     return parser
 
@@ -86,6 +105,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 0
         if args.command == "serve":
             return _serve(args, environ)
+        if args.command in COMMAND_MODULES:
+            command: Command = importlib.import_module(COMMAND_MODULES[args.command])
+            return command.run(args, environ)
     except ConfigError as exc:
         print(f"voicebot: error: {exc}", file=sys.stderr)
         return 2

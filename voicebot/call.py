@@ -160,6 +160,18 @@ class Playback:
         return f"<Playback #{self.number} {self.duration:.2f}s {state} heard={self.heard:.2f}s>"
 
 
+class _CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Puts the call's ids on every record it emits, whatever handlers the application installed."""
+
+    def __init__(self, logger: logging.Logger, ids: dict[str, str]) -> None:
+        super().__init__(logger, ids)
+        self.ids = ids
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**self.ids, **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 class _InboundQueue:
     """Frames and control events for the handler, in arrival order.
 
@@ -227,12 +239,14 @@ class Call:
         self._lead = lead
         self._chunk_ms = chunk_ms
         self._write_buffer_limit = write_buffer_limit
-        self.log = logger or logging.getLogger("voicebot.call")
+        self._ids: dict[str, str] = {}
+        self.log: logging.LoggerAdapter[logging.Logger] = _CallLog(
+            logger or logging.getLogger("voicebot.call"), self._ids
+        )
         self.stats = CallStats()
         self.handler_rate: int = handler.sample_rate
         self._frame_samples = handler.sample_rate * handler.frame_ms // 1000
         self._queue = _InboundQueue(handler.max_queued_frames)
-        self._ids: dict[str, str] = {}
         self._started = asyncio.Event()
         self._ended: CallEnded | None = None
         self._closing_reason: str | None = None

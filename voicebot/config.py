@@ -58,10 +58,26 @@ class ServeConfig:
             raise ConfigError(f"lead_ms: {self.lead_ms} is outside 100-5000 ms")
         if self.chunk_ms < 0 or self.chunk_ms % 20:
             raise ConfigError(f"chunk_ms: {self.chunk_ms} must be 0 (automatic) or a multiple of 20 ms")
+        self._check_outbound_plan()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: {self.log_level!r} is not a logging level")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+
+    def _check_outbound_plan(self) -> None:
+        """Fail at start-up, not at the first call, when lead or chunk size cannot work at some rate."""
+        from voicebot.events import SUPPORTED_RATES, Encoding
+        from voicebot.pacing import OutboundStream
+
+        for rate in SUPPORTED_RATES:
+            for encoding in Encoding:
+                try:
+                    OutboundStream(rate, encoding, lead=self.lead_ms / 1000, chunk_ms=self.chunk_ms or None)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"lead_ms={self.lead_ms}/chunk_ms={self.chunk_ms} do not work at {rate} Hz "
+                        f"{encoding.value}: {exc}"
+                    ) from None
 
     def __repr__(self) -> str:
         # The auth secret must never reach a log line, even through a repr.

@@ -33,6 +33,22 @@ from voicebot.ticker import Ticker
 __all__ = ["Server", "run_server"]
 
 log = logging.getLogger("voicebot.server")
+#: The logger handed to websockets; its debug lines echo request headers, so credentials are redacted.
+websockets_log = logging.getLogger("voicebot.server.websockets")
+
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces the value of credential headers in websockets' ``< Name: value`` debug lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact, never drop."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True
+
 
 HEALTH_PATH = "/healthz"
 
@@ -58,6 +74,8 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         self._ws: WebSocketServer | None = None
+        if not any(isinstance(f, RedactSecrets) for f in websockets_log.filters):
+            websockets_log.addFilter(RedactSecrets())
         self._ticker_task: asyncio.Task[None] | None = None
 
     @property
@@ -84,6 +102,7 @@ class Server:
             ping_timeout=config.ping_timeout or None,
             close_timeout=5,
             server_header=None,
+            logger=websockets_log,
         )
         log.info(
             "serving %s.%s on ws://%s:%d (max calls %s, auth %s)",

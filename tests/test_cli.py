@@ -141,3 +141,9 @@ async def test_drain_timeout_closes_remaining_calls_with_1001() -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_readme_documents_every_serve_flag_and_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for option in OPTIONS:
+        assert f"`{option.flag}`" in readme and f"`{option.env}`" in readme, option.flag

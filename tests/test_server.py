@@ -115,6 +115,7 @@ class Echo(Recorder):
 
     async def on_audio(self, call: Call, frame: AudioFrame) -> None:
         call.play_nowait(frame.samples)
+        type(self).notes.append(call.pending_playbacks)
 
 
 async def test_echo_comes_back_as_full_chunks_of_continuous_audio() -> None:
@@ -137,6 +138,9 @@ async def test_echo_comes_back_as_full_chunks_of_continuous_audio() -> None:
     sizes = report.chunk_sizes
     assert sizes[3200] >= 9 and sum(count for size, count in sizes.items() if size != 3200) <= 2, sizes
     assert not report.underruns
+    # 20 ms plays nobody awaits are retired as they play: no marks, no growing backlog.
+    assert not report.marks
+    assert max(bot.notes) < 60, max(bot.notes)  # at most lead + one chunk + prebuffer of 20 ms frames
 
 
 # --- barge-in ---

@@ -56,6 +56,8 @@ CLOSE_GOING_AWAY: Final = 1001
 CLOSE_INTERNAL_ERROR: Final = 1011
 #: Protocol errors are logged in full for the first few, then sampled, so a broken peer cannot flood logs.
 _LOGGED_PROTOCOL_ERRORS: Final = 5
+#: Names of marks cancelled by clear() kept to recognise their late echoes.
+_MAX_CANCELLED_MARKS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +114,29 @@ class CallStats:
 class Playback:
     """A handle on audio given to ``call.play``: done when the caller has heard it, or interrupted.
 
-    Await it (or ``await playback.wait()``) to wait until Exotel echoes a mark placed after it.
-    ``heard`` tells how much of it was played, in seconds.
+    Await it (or ``await playback.wait()``) to wait until Exotel echoes a mark placed after it; then
+    ``confirmed`` is True. A playback nobody waits for gets no mark of its own: it is retired once the
+    pacing model says it has played (``confirmed`` False), so an echo bot playing every 20 ms frame
+    costs no marks and keeps no growing backlog. ``heard`` tells how much was played, in seconds.
     """
 
-    __slots__ = ("_call", "_future", "duration", "end", "heard", "interrupted", "number", "start")
+    __slots__ = (
+        "_call",
+        "_done",
+        "_future",
+        "confirmed",
+        "duration",
+        "end",
+        "heard",
+        "interrupted",
+        "number",
+        "start",
+    )
 
     def __init__(self, call: Call, number: int, start: int, end: int, duration: float) -> None:
         self._call = call
-        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._future: asyncio.Future[None] | None = None  # created for the first waiter only
+        self._done = False
         self.number = number
         self.start = start
         """First sample of this playback in the outbound stream (stream rate)."""
@@ -130,17 +146,26 @@ class Playback:
         """Seconds of audio that were played into the call."""
         self.heard = 0.0
         self.interrupted = False
+        self.confirmed = False
+        """Whether Exotel's mark echo confirmed it was heard (rather than the pacing model)."""
 
     def done(self) -> bool:
         """Whether it has been heard completely or interrupted."""
-        return self._future.done()
+        return self._done
+
+    @property
+    def awaited(self) -> bool:
+        """Whether someone is waiting for it (it then completes only on a mark echo or an interruption)."""
+        return self._future is not None
 
     async def wait(self, timeout: float | None = None) -> Playback:
         """Wait until it has been heard (a mark after it echoed) or interrupted.
 
         Raises ``TimeoutError`` after ``timeout`` seconds; the playback itself goes on.
         """
-        if not self._future.done():
+        if not self._done:
+            if self._future is None:
+                self._future = asyncio.get_running_loop().create_future()
             self._call._ensure_mark_after(self)
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._future)
@@ -149,14 +174,18 @@ class Playback:
     def __await__(self) -> Generator[Any, None, Playback]:
         return self.wait().__await__()
 
-    def _complete(self, heard: float, interrupted: bool) -> None:
-        if not self._future.done():
-            self.heard = heard
-            self.interrupted = interrupted
+    def _complete(self, heard: float, *, interrupted: bool, confirmed: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.heard = heard
+        self.interrupted = interrupted
+        self.confirmed = confirmed
+        if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
     def __repr__(self) -> str:
-        state = "interrupted" if self.interrupted else "heard" if self.done() else "pending"
+        state = "interrupted" if self.interrupted else "heard" if self._done else "pending"
         return f"<Playback #{self.number} {self.duration:.2f}s {state} heard={self.heard:.2f}s>"
 
 
@@ -330,6 +359,11 @@ class Call:
         """The outbound pacer's counters (None before start)."""
         return self._outbound.stats if self._outbound is not None else None
 
+    @property
+    def pending_playbacks(self) -> int:
+        """Playbacks queued or playing that have not completed yet."""
+        return len(self._playbacks)
+
     def __aiter__(self) -> AsyncIterator[CallEvent]:
         return self._events()
 
@@ -356,7 +390,7 @@ class Call:
         if self._ended is not None or self._closing_reason is not None:
             # The caller is gone: nothing will be heard, and that is not the bot's error.
             gone = Playback(self, next(self._playback_numbers), 0, 0, len(pcm) / rate)
-            gone._complete(0.0, interrupted=True)
+            gone._complete(0.0, interrupted=True, confirmed=False)
             return gone
         if rate == self.handler_rate:
             converted = resampler.process(pcm)
@@ -393,6 +427,8 @@ class Call:
         played = self._outbound.clear(self._loop.time()).heard_until
         if self._out_resampler is not None:
             self._out_resampler.reset()
+        if len(self._cancelled_marks) > _MAX_CANCELLED_MARKS:
+            self._cancelled_marks.clear()  # Exotel may never echo them; do not let the set grow
         self._cancelled_marks.update(name for _, name in self._marks)
         self._marks.clear()
         interrupted = self._interrupt_playbacks(played)
@@ -621,7 +657,7 @@ class Call:
         self.stats.marks_echoed += 1
         while self._playbacks and self._playbacks[0].end <= position:
             playback = self._playbacks.popleft()
-            playback._complete(playback.duration, interrupted=False)
+            playback._complete(playback.duration, interrupted=False, confirmed=True)
 
     # --- writer (driven by the shared ticker) -------------------------------------------------------
 
@@ -658,7 +694,18 @@ class Call:
                     self.stats.marks_sent += 1
         except (ConnectionClosed, LocalProtocolError):
             return None
+        self._retire_played(now)
         return _earliest(next_deadline, self._outbound.next_wakeup(now))
+
+    def _retire_played(self, now: float) -> None:
+        """Complete playbacks nobody awaits once the model says they have played, oldest first."""
+        playbacks = self._playbacks
+        if not playbacks or playbacks[0].awaited or self._outbound is None:
+            return
+        played = self._outbound.played_samples(now)
+        while playbacks and not playbacks[0].awaited and playbacks[0].end <= played:
+            playback = playbacks.popleft()
+            playback._complete(playback.duration, interrupted=False, confirmed=False)
 
     def _socket_has_room(self) -> bool:
         transport = self._connection.transport
@@ -698,7 +745,7 @@ class Call:
         while self._playbacks:
             playback = self._playbacks.popleft()
             heard_samples = min(max(played - playback.start, 0), playback.end - playback.start)
-            playback._complete(heard_samples / rate, interrupted=True)
+            playback._complete(heard_samples / rate, interrupted=True, confirmed=False)
             self.stats.playbacks_interrupted += 1
             interrupted.append(playback)
         return interrupted

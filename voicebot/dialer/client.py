@@ -21,6 +21,7 @@ never retried here. A 429 is retried after ``Retry-After`` (it is certain that n
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import email.utils
 import json
@@ -88,7 +89,8 @@ class Dialer:
         self._session = session
         self._own_session = session is None
         self._throttle = throttle
-        self._auth = aiohttp.BasicAuth(config.api_key, config.api_token)
+        credentials = base64.b64encode(f"{config.api_key}:{config.api_token}".encode()).decode("ascii")
+        self._authorization = f"Basic {credentials}"
         self._timeout = aiohttp.ClientTimeout(
             total=config.request_timeout, sock_connect=config.connect_timeout
         )
@@ -334,8 +336,7 @@ class Dialer:
                     url,
                     data=data,
                     params=params,
-                    headers=headers,
-                    auth=self._auth,
+                    headers={**(headers or {}), "Authorization": self._authorization},
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as response:

@@ -46,7 +46,7 @@ class Leg:
     status: str | None = None
     on_call_duration: int | None = None
     answered_by: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    fields: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +73,7 @@ class StatusEvent:
     recording_url: str | None = None
     custom_field: str | None = None
     legs: tuple[Leg, ...] = ()
-    fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    fields: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -193,6 +193,7 @@ class StatusReceiver:
             return 200
         pending = self._in_flight.get(key)
         if pending is not None:  # the same event is being accepted right now: answer as it is answered
+            self.counts["duplicate"] += 1
             return await asyncio.shield(pending)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future

@@ -319,7 +319,7 @@ class OpsServer:
     async def start(self) -> None:
         """Bind and serve."""
         # access_log=None: request lines would put the status token into the logs.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self._requested_port, reuse_address=True)
         await self._site.start()

@@ -68,7 +68,10 @@ class Command(Protocol):
 
 #: Subcommands that live in their own modules (``voicebot/cmd_*.py``), by name; imported lazily so
 #: ``voicebot serve`` never pays for the dialer's imports.
-COMMAND_MODULES: dict[str, str] = {}
+COMMAND_MODULES: dict[str, str] = {
+    "dial": "voicebot.cmd_dial",
+    "emulate": "voicebot.cmd_emulate",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,7 @@ class Command(Protocol):
 #: Subcommands that live in their own modules (``voicebot/cmd_*.py``), by name; imported lazily so
 #: ``voicebot serve`` never pays for the dialer's imports.
 COMMAND_MODULES: dict[str, str] = {
+    "simulate": "voicebot.cmd_simulate",
     "dial": "voicebot.cmd_dial",
     "emulate": "voicebot.cmd_emulate",
 }

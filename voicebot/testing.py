@@ -44,6 +44,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -89,6 +90,7 @@ __all__ = [
     "Violation",
     "WireOptions",
     "check_bot_message",
+    "dominant_frequency",
     "find_onset",
     "parse_dtmf_script",
     "serve_handler",
@@ -332,6 +334,10 @@ class ChunkRecord:
     sample_rate: int = field(repr=False)
     cleared: bool = False
     """Dropped by a ``clear`` before it started playing."""
+    lead_at_arrival: float | None = None
+    """Seconds of audio still queued ahead of playback when it arrived in the middle of an utterance
+    (negative: the queue had already run dry that long, an underrun); None for the first chunk of an
+    utterance. A few milliseconds means any network delay on a real call would have been a gap."""
 
     @property
     def end(self) -> int:
@@ -441,10 +447,11 @@ class Playout:
         while self._unstarted and self._unstarted[0].start <= arrival:
             self._unstarted.popleft()
         gap = arrival - self._queue_end
-        if self._speaking and self.chunks and gap > 0:
-            seconds = gap / self.sample_rate
-            if MIN_UNDERRUN_GAP <= seconds <= self.max_underrun_gap:
-                self.underruns.append(Underrun(self._queue_end / self.sample_rate, seconds))
+        lead: float | None = None
+        if self._speaking and self.chunks and gap / self.sample_rate <= self.max_underrun_gap:
+            lead = -gap / self.sample_rate
+            if lead <= -MIN_UNDERRUN_GAP:
+                self.underruns.append(Underrun(self._queue_end / self.sample_rate, -lead))
         start = max(arrival, self._queue_end)
         record = ChunkRecord(
             arrived_at,
@@ -453,6 +460,7 @@ class Playout:
             start,
             self._queue_end,
             self.sample_rate,
+            lead_at_arrival=lead,
         )
         self.chunks.append(record)
         self._unstarted.append(record)
@@ -556,6 +564,35 @@ def find_onset(track: Samples, sample_rate: int, after: float = 0.0, threshold: 
     first = max(0, math.ceil(after * sample_rate - 1e-6))
     loud = np.flatnonzero(np.abs(track[first:].astype(np.int32)) >= threshold * 32768)
     return None if len(loud) == 0 else (first + int(loud[0])) / sample_rate
+
+
+def dominant_frequency(samples: Samples, sample_rate: int, *, min_level: float = 0.01) -> float | None:
+    """The frequency in Hz of the strongest tone in ``samples``, or None when they are quieter than
+    ``min_level`` (RMS as a fraction of full scale, after removing any DC offset).
+
+    A Hann-windowed FFT with the peak refined by interpolating between bins, so a 0.1 s window at
+    8 kHz (10 Hz bins) still tells 300 Hz from 303 Hz. Meant for tests: "was that the 440 Hz greeting?"
+    """
+    values = np.asarray(samples, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"samples must be 1-D, got shape {values.shape}")
+    if len(values) < 8:
+        return None
+    values = values - values.mean()
+    if math.sqrt(float(np.mean(values * values))) < min_level * 32768:
+        return None
+    spectrum = np.abs(np.fft.rfft(values * np.hanning(len(values))))
+    spectrum[0] = 0.0
+    peak = int(np.argmax(spectrum))
+    offset = 0.0
+    if 0 < peak < len(spectrum) - 1:
+        # A parabola through the log magnitudes of the peak bin and its neighbours: near-exact for
+        # the Gaussian-like main lobe of a Hann window.
+        left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
+        curvature = left - 2 * centre + right
+        if curvature < 0:
+            offset = 0.5 * (left - right) / curvature
+    return (peak + offset) * sample_rate / len(values)
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -737,6 +774,19 @@ class CallReport:
         """Total silence from underruns."""
         return sum(underrun.duration for underrun in self.underruns)
 
+    @property
+    def min_lead(self) -> float | None:
+        """The least audio (seconds) still queued ahead of playback when a chunk arrived mid-utterance;
+        negative after an underrun, None if no chunk arrived mid-utterance. Near zero means the bot
+        sends just in time: on a real network, jitter would cut gaps into its audio."""
+        leads = [chunk.lead_at_arrival for chunk in self.chunks if chunk.lead_at_arrival is not None]
+        return min(leads) if leads else None
+
+    def dominant_frequency(self, start: float, end: float, *, min_level: float = 0.01) -> float | None:
+        """The pitch (Hz) the caller heard loudest between ``start`` and ``end`` (stream seconds), or
+        None if that stretch was quieter than ``min_level`` of full scale: see :func:`dominant_frequency`."""
+        return dominant_frequency(self.heard_between(start, end), self.sample_rate, min_level=min_level)
+
     def heard_between(self, start: float, end: float) -> Samples:
         """What the caller heard from ``start`` to ``end`` (stream seconds), zero-padded past the end."""
         return _slice(self.heard, self.sample_rate, start, end)
@@ -772,8 +822,10 @@ class CallReport:
         else:
             lines.append(f"marks: {len(self.marks)} received, none echoed, {cleared} cleared")
         sizes = ", ".join(f"{size} B x{count}" for size, count in sorted(self.chunk_sizes.items()))
+        min_lead = self.min_lead
         lines.append(
             f"chunks: {len(self.chunks)} received ({sizes or 'none'}), max lead {self.max_lead:.3f} s"
+            + ("" if min_lead is None else f", min lead {round(min_lead, 3) + 0.0:.3f} s mid-utterance")
         )
         if self.underruns:
             worst = max(self.underruns, key=lambda underrun: underrun.duration)
@@ -1188,6 +1240,13 @@ class FakeExotel:
     def onset(self, after: float = 0.0, threshold: float = 0.05) -> float | None:
         """Stream time the caller first heard audio reaching ``threshold`` × full scale after ``after``."""
         return find_onset(self.playout.track(self._track_end()), self.sample_rate, after, threshold)
+
+    def dominant_frequency(
+        self, start: float, end: float | None = None, *, min_level: float = 0.01
+    ) -> float | None:
+        """The pitch (Hz) the caller heard loudest between ``start`` and ``end`` (default: up to now),
+        or None if it was quieter than ``min_level``: see :func:`dominant_frequency`."""
+        return dominant_frequency(self.heard(start, end), self.sample_rate, min_level=min_level)
 
     def _track_end(self) -> float:
         if self._ended_at is not None:
@@ -1621,6 +1680,11 @@ async def simulate(
     jitter_ms: float = 0.0,
     duration: float | None = None,
     tail: float = 3.0,
+    wire: WireOptions | None = None,
+    faults: Faults | None = None,
+    custom_parameters: Mapping[str, str] | None = None,
+    chunk_ms: int = 100,
+    strict_minimum: bool = False,
 ) -> CallReport:
     """One simulated call, as ``python -m voicebot simulate`` runs it; returns the report.
 
@@ -1630,6 +1694,9 @@ async def simulate(
     up with ``callended`` at ``duration`` (default: the later of the WAV's end and the last key press,
     plus ``tail`` seconds) unless the bot hangs up first. What the caller heard goes to ``wav_out`` at
     the stream rate. ``report.ok`` is the exit-status decision.
+
+    ``wire``, ``custom_parameters``, ``chunk_ms`` and ``strict_minimum`` are passed to
+    :class:`FakeExotel`; ``faults`` too, with ``jitter_ms`` (when non-zero) overriding its jitter.
     """
     presses = parse_dtmf_script(dtmf_script)
     if duration is not None and duration <= 0:
@@ -1642,11 +1709,21 @@ async def simulate(
     if duration is None:
         speech = 0.0 if caller is None else len(caller) / rate
         duration = max([speech, *(at for _, at in presses)]) + tail
-    faults = Faults(jitter_ms=jitter_ms)
+    faults = faults or Faults()
+    if jitter_ms:
+        faults = dataclasses.replace(faults, jitter_ms=jitter_ms)
 
     async def call(url: str) -> CallReport:
         async with FakeExotel(
-            url, sample_rate=rate, encoding=encoding, caller_audio=caller, faults=faults
+            url,
+            sample_rate=rate,
+            encoding=encoding,
+            chunk_ms=chunk_ms,
+            caller_audio=caller,
+            wire=wire,
+            faults=faults,
+            custom_parameters=custom_parameters,
+            strict_minimum=strict_minimum,
         ) as exotel:
             for digit, at in presses:
                 exotel.press_at(digit, at)

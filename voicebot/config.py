@@ -8,6 +8,7 @@ read at import time and tests can pass any environment they like.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,6 +19,9 @@ __all__ = ["LOOPS", "OPTIONS", "Option", "ServeConfig", "parse_auth"]
 
 LOOPS: Final = ("auto", "uvloop", "asyncio")
 LOG_FORMATS: Final = ("text", "json")
+_SECRET_FIELDS: Final = frozenset({"auth", "status_token"})
+#: The status callback URL's token is a path segment an attacker must guess: long and URL-safe.
+_STATUS_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +42,8 @@ class ServeConfig:
     chunk_ms: int = 0
     log_level: str = "info"
     log_format: str = "text"
+    ops_port: int | None = None
+    status_token: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,6 +69,13 @@ class ServeConfig:
             raise ConfigError(f"log_level: {self.log_level!r} is not a logging level")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        if self.ops_port is not None and not 0 <= self.ops_port <= 65535:
+            raise ConfigError(f"ops_port: {self.ops_port} is not a TCP port (0-65535)")
+        if self.ops_port and self.ops_port == self.port:
+            raise ConfigError(f"ops_port: {self.ops_port} is the media port; use another")
+        if self.status_token is not None and not _STATUS_TOKEN.fullmatch(self.status_token):
+            # The error never echoes the token.
+            raise ConfigError("status_token: must be 16-128 characters of A-Z, a-z, 0-9, '-' and '_'")
 
     def _check_outbound_plan(self) -> None:
         """Fail at start-up, not at the first call, when lead or chunk size cannot work at some rate."""
@@ -80,12 +93,12 @@ class ServeConfig:
                     ) from None
 
     def __repr__(self) -> str:
-        # The auth secret must never reach a log line, even through a repr.
-        fields = ", ".join(
-            f"{f.name}={'***' if f.name == 'auth' and self.auth else repr(getattr(self, f.name))}"
-            for f in dataclasses.fields(self)
-        )
-        return f"ServeConfig({fields})"
+        # The auth secret and the status token must never reach a log line, even through a repr.
+        shown: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={'***' if f.name in _SECRET_FIELDS and value else repr(value)}")
+        return f"ServeConfig({', '.join(shown)})"
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> ServeConfig:
@@ -167,4 +180,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("log_level", "--log-level", "VOICEBOT_LOG_LEVEL", _as_str, "debug, info, warning, error"),
     Option("log_format", "--log-format", "VOICEBOT_LOG_FORMAT", _as_str,
            "text or json (one object per line)"),
+    Option("ops_port", "--ops-port", "VOICEBOT_OPS_PORT", _as_int,
+           "ops HTTP port: Exotel status callbacks, /readyz, /metrics (0 = any; default off)", "PORT"),
+    Option("status_token", "--status-token", "VOICEBOT_STATUS_TOKEN", _as_str,
+           "secret path token of POST /exotel/status/TOKEN (generated and printed when unset; "
+           "prefer the variable)", "TOKEN", secret=True),
 )  # fmt: skip

@@ -217,11 +217,19 @@ async def _serve_until_signalled(handler_class: type[Handler], config: ServeConf
         loop.add_signal_handler(signum, stop.set)
     server = Server(handler_class, config)
     await server.start()
+    ops = None
     try:
+        if config.ops_port is not None:
+            # aiohttp is imported only when the ops port is on; it stays up while the media port drains.
+            from voicebot.dialer.ops import start_ops_server
+
+            ops = await start_ops_server(server, config)
         await stop.wait()
         log.info("signal received: draining")
     finally:
         await server.drain()
+        if ops is not None:
+            await ops.close()
         log.info("stopped after %d call(s)", server.calls_served)
 
 

@@ -120,6 +120,46 @@ def test_multipart_callback_rebuilds_flattened_legs() -> None:
     assert_is_the_terminal_example(parse_status_callback(body, content_type))
 
 
+def test_multipart_variants_other_clients_send() -> None:
+    boundary = "b0undary"
+    body = (
+        "a preamble to ignore\n"
+        f"--{boundary}\n"
+        f'Content-Disposition: form-data; name="CallSid"\n\n{SID}\n'
+        f"--{boundary}\n"
+        "Content-Disposition: form-data; name=Status\n\ncompleted\n"  # LF only, unquoted name
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="CustomField"\r\n'
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        "ऑर्डर-7\r\nsecond line\r\n"
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="Legs[0][Status]"; filename="x.txt"\r\n\r\n'
+        "completed\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    event = parse_status_callback(body, f'multipart/form-data; boundary="{boundary}"')
+    assert event.key == (SID, "terminal") and event.status == "completed"
+    assert event.custom_field == "ऑर्डर-7\r\nsecond line"
+    assert event.legs == (Leg(status="completed"),)
+
+
+async def test_multipart_from_another_client_library_over_http() -> None:
+    receiver = StatusReceiver(TOKEN)
+    seen: list[StatusEvent] = []
+
+    async def record(event: StatusEvent) -> None:
+        seen.append(event)
+
+    receiver.add_callback(record)
+    form = aiohttp.FormData(default_to_multipart=True)
+    for name, value in urllib.parse.parse_qsl(TERMINAL_FORM, keep_blank_values=True):
+        form.add_field(name, value)
+    async with ops_server(receiver) as (ops, session):
+        assert await post_form(session, ops.url(receiver.path_for()), form) == 200
+    (event,) = seen
+    assert_is_the_terminal_example(event)
+
+
 def test_the_three_encodings_give_equal_events() -> None:
     json_event, form_event, multipart_event = (
         parse_status_callback(*encode_callback(TERMINAL, encoding))
@@ -250,6 +290,12 @@ async def ops_server(
 ) -> AsyncIterator[tuple[OpsServer, aiohttp.ClientSession]]:
     async with OpsServer(receiver, **options) as ops, aiohttp.ClientSession() as session:
         yield ops, session
+
+
+async def post_form(session: aiohttp.ClientSession, url: str, form: aiohttp.FormData) -> int:
+    async with session.post(url, data=form) as response:
+        await response.read()
+        return response.status
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, content_type: str) -> int:

@@ -9,8 +9,6 @@ kept in ``StatusEvent.fields``.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import re
 import urllib.parse
@@ -36,6 +34,8 @@ MAX_CALLBACK_BYTES: Final = 64 * 1024
 _KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
 _INDEX = re.compile(r"\[([^\[\]]*)\]")
 _MAX_INDEX: Final = 1000
+#: ``name="Legs[0][Status]"`` (quoted, with ``\"`` escapes) or ``name=token`` in a Content-Disposition.
+_PART_NAME = re.compile(r'(?:^|;)\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,24 +243,36 @@ def _decode(body: bytes, charset: str) -> str:
 
 
 def _multipart_pairs(body: bytes, content_type: str) -> list[tuple[str, str]]:
-    """The form fields of a ``multipart/form-data`` body, read with the standard library's MIME parser."""
-    if "boundary=" not in content_type.lower():
+    """The form fields of a ``multipart/form-data`` body (RFC 7578): parts split on the boundary, each
+    named by its ``Content-Disposition``. (The standard library's MIME parser is ~100x slower here.)"""
+    boundary = _parse_content_type(content_type)[1].get("boundary")
+    if not boundary:
         raise InvalidCallback("multipart body without a boundary in its Content-Type")
-    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
-    if not message.is_multipart():
-        raise InvalidCallback("multipart body does not parse")
+    sections = body.split(b"--" + boundary.encode("latin-1", "replace"))
+    if len(sections) < 2:
+        raise InvalidCallback("multipart body does not contain its boundary")
     pairs: list[tuple[str, str]] = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
+    for section in sections[1:]:
+        if section.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, content = section.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = section.partition(b"\n\n")
+        if not sep:
+            raise InvalidCallback("a multipart part has no blank line after its headers")
+        content = content.removesuffix(b"\r\n") if content.endswith(b"\r\n") else content.removesuffix(b"\n")
+        headers: dict[str, str] = {}
+        for line in head.decode("latin-1").splitlines():
+            name, colon, value = line.partition(":")
+            if colon:
+                headers[name.strip().lower()] = value.strip()
+        match = _PART_NAME.search(headers.get("content-disposition", ""))
+        if match is None:
             continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        charset = part.get_content_charset() or "utf-8"
-        pairs.append((name, _decode(data, charset)))
-    if not pairs and message.defects:
-        raise InvalidCallback(f"multipart body does not parse: {message.defects[0]!r}")
+        field_name = match.group(1) if match.group(1) is not None else match.group(2)
+        field_name = field_name.replace('\\"', '"').encode("latin-1", "replace").decode("utf-8", "replace")
+        charset = _parse_content_type(headers.get("content-type", ""))[1].get("charset", "utf-8")
+        pairs.append((field_name, _decode(content, charset)))
     return pairs
 
 

@@ -282,6 +282,16 @@ async def test_a_retry_that_succeeds_is_accepted_once() -> None:
     assert len(r.events) == 1
 
 
+async def test_the_emulator_counts_calls_live_at_once() -> None:
+    scenarios = Scenarios(Scenario(outcome="busy", ring_seconds=0.3))
+    async with rig(scenarios) as r:
+        sids = await asyncio.gather(*(r.dial(status_callback_events=["terminal"]) for _ in range(3)))
+        await asyncio.gather(*(r.emulator.wait_done(sid, TIMEOUT) for sid in sids))
+        after = await r.dial(status_callback_events=["terminal"])
+        await r.emulator.wait_done(after, TIMEOUT)
+    assert r.emulator.max_live_calls == 3 and r.emulator.live_calls == 0
+
+
 async def test_a_stream_that_cannot_open_is_tried_twice_and_the_call_fails() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -351,6 +351,10 @@ class Emulator:
         self.calls: dict[str, EmulatedCall] = {}
         self.callback_attempts: list[CallbackAttempt] = []
         self.api_requests = 0
+        self.live_calls = 0
+        """Calls placed and not yet ended (ringing or in progress)."""
+        self.max_live_calls = 0
+        """The most calls ever live at once: what a channel limit must keep down."""
         self._tz = datetime.timezone(datetime.timedelta(minutes=self.config.utc_offset_minutes))
         self._expected_auth = "Basic " + base64.b64encode(
             f"{self.config.api_key}:{self.config.api_token}".encode()
@@ -627,6 +631,8 @@ class Emulator:
         sender = asyncio.create_task(
             self._send_callbacks(call, outbox), name=f"emulator-callbacks-{call.sid}"
         )
+        self.live_calls += 1
+        self.max_live_calls = max(self.max_live_calls, self.live_calls)
         try:
             await self._play(call, outbox)
         except Exception:
@@ -636,6 +642,7 @@ class Emulator:
         finally:
             if call.ended_at is None:  # cancelled: the emulator is closing
                 self._finish(call, "canceled", leg_status="canceled")
+            self.live_calls -= 1
             if call.params.get("StatusCallback"):
                 event = "terminal" if call.events else ""
                 outbox.put_nowait((event, self._callback_fields(call, event)))

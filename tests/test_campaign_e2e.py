@@ -1,0 +1,161 @@
+"""A whole campaign against the local Exotel emulator: scripted callees, the collections bot served on a
+real socket, status callbacks into the store, three channels, and the runner killed and restarted
+half-way. Everything runs in real time on 127.0.0.1 with short rings and prompts; the test waits on
+events (progress, finished calls), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+from handlers.collections import CollectionsBot
+from voicebot.campaign.contacts import Contact
+from voicebot.campaign.runner import CampaignRunner, DialSettings, RunnerConfig, run_campaign
+from voicebot.campaign.store import Policy, Progress, SqliteStore
+from voicebot.dialer.api import same_number
+from voicebot.dialer.ops import OpsServer, StatusReceiver
+from voicebot.emulator import Emulator, EmulatorConfig, Scenario, Scenarios
+from voicebot.testing import serve_handler
+
+TOKEN = "campaign-e2e-token-0123456789"
+EXOPHONE = "08045678901"
+TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Script:
+    """A callee, and what the campaign must end up with for them."""
+
+    scenario: Scenario
+    status: str
+    outcome: str | None
+    calls: int
+
+
+RING = 0.2
+PRESS_1_EARLY = Script(
+    Scenario(ring_seconds=RING, hangup="bot", talk_seconds=20, dtmf="1@0.5"), "completed", "confirmed", 1
+)
+PRESS_1 = Script(
+    Scenario(ring_seconds=RING, hangup="bot", talk_seconds=20, dtmf="1@1.8"), "completed", "confirmed", 1
+)
+PRESS_2 = Script(
+    Scenario(ring_seconds=RING, hangup="bot", talk_seconds=20, dtmf="2@1.0"), "completed", "callback", 1
+)
+BUSY = Script(Scenario(outcome="busy", ring_seconds=0.1), "busy", None, 2)
+NO_ANSWER = Script(Scenario(outcome="no-answer", ring_seconds=0.3), "no-answer", None, 2)
+HANGS_UP = Script(Scenario(ring_seconds=RING, hangup="caller", talk_seconds=0.6), "completed", "hung-up", 1)
+SILENT = Script(
+    Scenario(ring_seconds=RING, hangup="bot", talk_seconds=20, caller_audio="silence"),
+    "completed",
+    "no-response",
+    1,
+)
+
+SCRIPTS = [
+    PRESS_1_EARLY, PRESS_2, BUSY, PRESS_1, HANGS_UP, NO_ANSWER, PRESS_1_EARLY, SILENT, PRESS_2, BUSY,
+    PRESS_1, PRESS_2, NO_ANSWER, PRESS_1_EARLY, HANGS_UP, PRESS_2, BUSY, PRESS_1, SILENT, PRESS_1_EARLY,
+]  # fmt: skip
+
+
+def contacts() -> list[Contact]:
+    return [
+        Contact(
+            row=index + 2,
+            customer_id=f"cust-{index:02d}",
+            number=f"+9198000000{index:02d}",
+            params={"amount": f"{1000 + index}"},
+        )
+        for index in range(len(SCRIPTS))
+    ]
+
+
+async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_channels_at_most(
+    tmp_path: Path,
+) -> None:
+    people = contacts()
+    scripts = {contact.number: script for contact, script in zip(people, SCRIPTS, strict=True)}
+    scenarios = Scenarios(Scenario(), {number: script.scenario for number, script in scripts.items()})
+    db = tmp_path / "campaign.sqlite"
+    store = SqliteStore(db)
+    store.add_contacts(people, 0.0)
+    store.set_policy(
+        Policy(retries=1, retry_delay=0.3, stream_end_grace=0.5, callback_grace=2.0, settle_seconds=1.0)
+    )
+    bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
+    config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)
+    emulator_config = EmulatorConfig(port=0, callback_retry_delay=0.2)
+    async with (
+        Emulator(emulator_config, scenarios) as emulator,
+        serve_handler(bot, path="/exotel/ws/campaign") as bot_url,
+    ):
+        exotel = emulator.exotel_config(request_timeout=5.0)
+        ports: list[int] = []
+        runners: list[CampaignRunner] = []
+        half_way = asyncio.Event()
+
+        def started(runner: CampaignRunner, ops: OpsServer) -> None:
+            runners.append(runner)
+            ports.append(ops.port)
+
+        def progress(counts: Progress) -> None:
+            if counts.dialed >= 9:
+                half_way.set()
+
+        def settings(port: int) -> DialSettings:
+            return DialSettings(
+                caller_id=EXOPHONE,
+                stream_url=bot_url,
+                status_callback=f"http://127.0.0.1:{port}/exotel/status/{TOKEN}",
+                time_limit=30,
+                time_out=5,
+                lease_margin=5.0,
+            )
+
+        # The status URL must name the ops server's port before it is bound: reserve one first.
+        async with OpsServer(StatusReceiver(TOKEN)) as probe:
+            port = probe.port
+        first = asyncio.create_task(
+            run_campaign(
+                store, exotel, settings(port), config, receiver=StatusReceiver(TOKEN), port=port,
+                on_progress=progress, on_started=started,
+            )
+        )  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            await half_way.wait()
+        first.cancel()  # the runner is killed mid-campaign, its callback receiver with it
+        await asyncio.gather(first, return_exceptions=True)
+        before = store.progress(0.0)
+        assert 0 < before.remaining < len(people)
+
+        async with asyncio.timeout(TIMEOUT):
+            final = await run_campaign(
+                SqliteStore(db), exotel, settings(port), config, receiver=StatusReceiver(TOKEN), port=port,
+                on_started=started,
+            )  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            for sid in list(emulator.calls):
+                await emulator.wait_done(sid)
+
+    assert final.remaining == 0 and final.total == len(people)
+    assert len(runners) == 2 and runners[1].dials > 0
+    dialled = collections.Counter(call.to for call in emulator.calls.values())
+    records = {record.number: record for record in store.contacts()}
+    for number, script in scripts.items():
+        record = records[number]
+        calls = sum(count for to, count in dialled.items() if same_number(to, number))
+        assert (record.status, record.outcome, record.attempts, calls) == (
+            script.status,
+            script.outcome,
+            script.calls,
+            script.calls,
+        ), record
+        assert len(record.call_sids) == script.calls
+    assert emulator.max_live_calls <= 3
+    assert len(emulator.calls) == sum(script.calls for script in SCRIPTS)
+    # Every call's terminal event is in the log exactly once.
+    terminals = [event for event in store.events() if event["event_type"] == "terminal"]
+    assert sorted(event["call_sid"] for event in terminals) == sorted(emulator.calls)

@@ -557,8 +557,9 @@ def test_short_utterance_from_idle_is_held_then_padded(rate: int, encoding: Enco
     beep = audio(rate // 25, seed=5)  # 40 ms
     stream.push(beep, 7.0)
     hold = 7.0 + stream.plan.chunk_duration + 0.08
-    assert stream.next_wakeup(7.0) == pytest.approx(hold)
+    assert stream.next_wakeup(7.0) == 7.0  # the next poll decides whether an utterance starts
     assert stream.poll(7.0) == []
+    assert stream.next_wakeup(7.0) == pytest.approx(hold)
     assert stream.poll(hold - 0.001) == []
     (chunk,) = chunks(stream.poll(hold))
     assert chunk.length == stream.plan.floor_samples
@@ -793,6 +794,7 @@ def test_untimed_audio_is_stamped_by_a_later_timed_push() -> None:
     stream = OutboundStream(16000)
     stream.push(audio(320))
     stream.push(audio(320), 2.0)
+    assert stream.poll(2.0) == []
     assert stream.next_wakeup(2.0) == pytest.approx(2.18)
     assert stream.poll(2.1) == []
 
@@ -821,3 +823,39 @@ def test_untimed_push_asks_for_a_poll_at_once_even_while_audio_is_queued() -> No
     assert stream.next_wakeup(0.01) == 0.01  # the stream must learn when this audio arrived
     assert stream.poll(0.01) == []
     assert stream.next_wakeup(0.01) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize(
+    ("burst_ms", "jitter_ms", "frames_per_burst"), [(100, 0, 1), (100, 15, 5), (20, 0, 1), (20, 8, 1)]
+)
+def test_a_real_time_producer_keeps_its_cushion_after_the_start(
+    rate: int, burst_ms: int, jitter_ms: int, frames_per_burst: int
+) -> None:
+    """An echo bot streams in real time (Exotel's 100 ms chunks, maybe as five 20 ms frames pushed at
+    once, or 20 ms frames), a little late at times: after the first chunk, every chunk goes out while
+    Exotel still has at least ``margin`` of audio queued, so network delay on the way to Exotel never
+    becomes an audible gap."""
+    stream = OutboundStream(rate)  # 200 ms chunks at 8 kHz, 100 ms at 16 kHz; 60 ms margin
+    drive = Drive(stream)
+    burst = rate * burst_ms // 1000
+    source = audio(rate * 10, seed=3)
+    lateness = np.random.default_rng(5).uniform(0.0, jitter_ms / 1000, size=len(source) // burst)
+    queued_when_sent: list[float] = []
+    pushed = 0
+    for tick in range(1200):  # the shared ticker, every 10 ms, for 12 s
+        now = tick * 0.01
+        while pushed < len(lateness) and (pushed + 1) * burst_ms / 1000 + lateness[pushed] <= now + EPS:
+            for frame in np.array_split(source[pushed * burst : (pushed + 1) * burst], frames_per_burst):
+                drive.push(frame, now)
+            pushed += 1
+        queued = stream.pacer.queued(now)
+        for chunk in (item for item in drive.poll(now) if isinstance(item, OutboundChunk)):
+            queued_when_sent.append(queued)
+            queued += chunk.duration
+    drive.run_until_idle()
+    assert pushed == len(lateness)
+    assert min(queued_when_sent[1:-1]) >= stream.pacer.margin - EPS
+    assert stream.pacer.underruns == 0
+    assert stream.padded_chunks <= 1  # only the tail, if any
+    np.testing.assert_array_equal(content(drive.sent())[: len(source)], source)

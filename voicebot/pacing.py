@@ -572,11 +572,12 @@ class OutboundStream:
     * full chunks, as fast as the lead allows (``queued + duration <= lead``);
     * a short remainder, padded, only once Exotel's queue is within ``margin`` of running dry and no
       more audio has arrived;
-    * at the start of an utterance (audio pushed when Exotel's queue holds less than one chunk plus
-      ``prebuffer``), nothing until one chunk plus ``prebuffer`` is pending or that much time has
-      passed since the utterance began. A producer that is ahead (a whole TTS prompt) starts at once; a
-      real-time producer (an echo bot, a streaming TTS) starts ``prebuffer`` late and then stays ahead
-      of the flush deadline, so its audio goes out as full chunks instead of padded fragments;
+    * at the start of an utterance (audio pushed into an empty chunker while Exotel's queue plus the
+      pending audio holds less than one chunk plus ``margin``), nothing until one chunk plus
+      ``prebuffer`` is pending or that much time has passed since the utterance began. A producer
+      that is ahead (a whole TTS prompt) starts at once; a real-time producer (an echo bot, a
+      streaming TTS) starts ``prebuffer`` late and then keeps that cushion, so its audio goes out as
+      full chunks with time to spare instead of padded fragments or just-in-time chunks;
     * marks right after the chunk that contains their position, or at once if their audio is all sent.
 
     Positions (``pushed_samples``, :attr:`OutboundChunk.start`, :meth:`played_samples`,
@@ -618,7 +619,8 @@ class OutboundStream:
         # (end position, pushed at) of pending audio; None until a poll or a timed push stamps it
         self._pushes: deque[tuple[int, float | None]] = deque()
         self._unstamped = False  # some pending audio was pushed without a time
-        self._utterance_undecided = False  # ... and it may start an utterance
+        self._utterance_undecided = False  # audio pushed into an empty chunker may start an utterance
+        self._undecided_since: float | None = None  # ... when it was pushed (None: at the next poll)
         self._utterance_since: float | None = None  # set while the first chunk of an utterance waits
         self._sent: deque[_Sent] = deque()  # chunks not yet fully played, oldest first
         self._played_floor = 0  # position reached by chunks already forgotten from _sent
@@ -677,7 +679,9 @@ class OutboundStream:
             return
         self._stamp(now)  # audio pushed earlier without a time arrived no later than this
         if was_empty:
-            self._decide_utterance(now)
+            # Decided at the next poll, so that a burst of frames pushed together counts as one.
+            self._utterance_undecided = True
+            self._undecided_since = now
         self._pushes.append((self._chunker.pushed_samples, now))
         self._refresh_due()
 
@@ -693,6 +697,8 @@ class OutboundStream:
             return []
         if self._unstamped:
             self._stamp(now)
+        if self._utterance_undecided:
+            self._decide_utterance(now)
         self._forget_played(now)
         items: list[OutboundItem] = [OutboundMark(name) for name in self._chunker.take_marks()]
         while self._chunker.pending_samples and now >= self._chunk_due_at() - _EPS:
@@ -731,7 +737,7 @@ class OutboundStream:
         dropped = self._chunker.clear()
         self._pushes.clear()
         self._unstamped = self._utterance_undecided = False
-        self._utterance_since = None
+        self._undecided_since = self._utterance_since = None
         self._forget_played(now)
         heard_until = self._played_floor
         playing_until: float | None = None
@@ -763,21 +769,32 @@ class OutboundStream:
         return max(hold, self._pacer.earliest_send_time(duration))
 
     def _decide_utterance(self, now: float) -> None:
-        """Audio that arrives while Exotel's queue holds less than a chunk plus the prebuffer starts
-        an utterance: a real-time producer could not keep that queue fed without the cushion."""
-        if self._pacer.queued(now) < self._plan.chunk_duration + self._prebuffer:
-            self._utterance_since = now
+        """Decide whether audio pushed into an empty chunker starts a new utterance.
+
+        A real-time producer fills the pending chunk by ``now + chunk - pending``; it continues the
+        stream without a padded fragment only if that is no later than the flush deadline, i.e. if
+        Exotel's queue plus what is pending holds at least one chunk plus ``margin``. Otherwise the
+        queue will run dry before a full chunk exists, so take that gap once and build the
+        ``prebuffer`` cushion. A producer already running with its cushion keeps one chunk plus
+        ``prebuffer`` in flight and so is never cut into utterances.
+        """
+        since = now if self._undecided_since is None else self._undecided_since
+        self._utterance_undecided, self._undecided_since = False, None
+        if not self._chunker.pending_samples:
+            return
+        plan = self._plan
+        in_flight = self._pacer.queued(now) + self._chunker.pending_samples / plan.sample_rate
+        if in_flight < plan.chunk_duration + self._pacer.margin - _EPS:
+            self._utterance_since = since
 
     def _stamp(self, now: float) -> None:
         if not self._unstamped:
             return
         self._pushes = deque((end, now if at is None else at) for end, at in self._pushes)
-        if self._utterance_undecided:
-            self._decide_utterance(now)
-        self._unstamped = self._utterance_undecided = False
+        self._unstamped = False
 
     def _refresh_due(self) -> None:
-        if self._unstamped or self._chunker.has_ready_marks:
+        if self._unstamped or self._utterance_undecided or self._chunker.has_ready_marks:
             self._due_at = -math.inf
         elif self._chunker.pending_samples:
             self._due_at = self._chunk_due_at()

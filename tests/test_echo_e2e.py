@@ -181,17 +181,11 @@ def test_hash_plays_the_880_hz_goodbye_then_the_bot_hangs_up_once_it_was_heard(
     assert goodbye_end - 0.01 <= report.duration < goodbye_end + 0.5, report.summary()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="call bug: playbacks still pending when the call ends are only interrupted after the handler "
-    "has finished, so a handler awaiting call.play() is stuck until HANDLER_GRACE_SECONDS, then "
-    "cancelled without on_stop (issue 4 report)",
-)
 async def test_a_caller_who_hangs_up_during_the_greeting_ends_the_bots_call_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Only bounds how long the stuck handler holds the server open when this fails (10 s otherwise).
+    """The greeting the bot awaits is interrupted by the hang-up, so on_stop runs at once."""
+    # Only bounds how long a stuck handler would hold the server open if this failed (10 s otherwise).
     monkeypatch.setattr(voicebot.call, "HANDLER_GRACE_SECONDS", 1.0)
     stopped = asyncio.Event()
 

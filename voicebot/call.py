@@ -532,13 +532,16 @@ class Call:
         await self._close(CLOSE_GOING_AWAY, reason)
 
     def _end(self, reason: str) -> None:
-        """Deliver ``CallEnded`` once, flushing the audio still held inbound."""
+        """Deliver ``CallEnded`` once, flushing the audio still held inbound, and complete pending
+        playbacks as interrupted: nothing more will be heard, and a hook awaiting one must return so
+        that ``on_stop`` runs now, not when the handler's grace period runs out."""
         if self._ended is not None:
             return
         self._flush_inbound()
         self._ended = CallEnded(reason)
         self._queue.put_control(self._ended)
         self._started.set()
+        self._interrupt_playbacks(self._played_samples())
 
     # --- reader ---------------------------------------------------------------------------------------
 

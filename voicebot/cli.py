@@ -72,6 +72,7 @@ COMMAND_MODULES: dict[str, str] = {
     "simulate": "voicebot.cmd_simulate",
     "dial": "voicebot.cmd_dial",
     "emulate": "voicebot.cmd_emulate",
+    "campaign": "voicebot.cmd_campaign",
 }
 
 

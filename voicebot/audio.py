@@ -347,6 +347,14 @@ class Resampler:
         taps.flags.writeable = False
         return taps
 
+    def outputs_for(self, more_input: int) -> int:
+        """How many samples :meth:`process` would return for ``more_input`` further input samples."""
+        up, down = self._step_up, self._step_down
+        if up == down:
+            return more_input
+        available = -((-(self._input_count + more_input) * up) // down)
+        return max(0, available - self._output_count)
+
     def output_samples_after(self, input_samples: int) -> int:
         """How many samples :meth:`process` returns in total for ``input_samples`` since the last reset."""
         ahead = -((-input_samples * self._step_up) // self._step_down)

@@ -290,6 +290,10 @@ class Call:
         # Outbound pipeline.
         self._outbound: OutboundStream | None = None
         self._out_resampler: Resampler | None = None
+        # The bot's audio at the handler's rate, not yet resampled: an echo bot plays every 20 ms
+        # frame, and resampling once per tick instead of once per frame costs a fifth as much.
+        self._held_out: list[Samples] = []
+        self._held_out_samples = 0
         self._playbacks: deque[Playback] = deque()
         self._playback_numbers = itertools.count(1)
         self._marks: deque[tuple[int, str]] = deque()
@@ -393,15 +397,17 @@ class Call:
             gone._complete(0.0, interrupted=True, confirmed=False)
             return gone
         if rate == self.handler_rate:
-            converted = resampler.process(pcm)
+            start = self._stream_position()
+            self._held_out.append(pcm)
+            self._held_out_samples += len(pcm)
+            end = self._stream_position()
         else:
+            self._release_held_out(self._loop.time())
             one_off = Resampler(rate, self.stream_rate)
-            converted = np.concatenate([one_off.process(pcm), one_off.flush()])
-        start = outbound.pushed_samples
-        outbound.push(converted, self._loop.time())
-        playback = Playback(
-            self, next(self._playback_numbers), start, outbound.pushed_samples, len(pcm) / rate
-        )
+            start = outbound.pushed_samples
+            outbound.push(np.concatenate([one_off.process(pcm), one_off.flush()]), self._loop.time())
+            end = outbound.pushed_samples
+        playback = Playback(self, next(self._playback_numbers), start, end, len(pcm) / rate)
         self.stats.playbacks += 1
         self._playbacks.append(playback)
         self._wake()
@@ -425,6 +431,8 @@ class Call:
         self._control_out.append(self._protocol.clear())
         self.stats.clears += 1
         played = self._outbound.clear(self._loop.time()).heard_until
+        self._held_out.clear()
+        self._held_out_samples = 0
         if self._out_resampler is not None:
             self._out_resampler.reset()
         if len(self._cancelled_marks) > _MAX_CANCELLED_MARKS:
@@ -683,6 +691,7 @@ class Call:
             # ping times a dead peer out.
             self.stats.send_stalls += 1
             return _earliest(next_deadline, now + 0.02)
+        self._release_held_out(now)
         try:
             while self._control_out:
                 await self._connection.send(self._control_out.pop(0))
@@ -716,10 +725,32 @@ class Call:
 
     # --- outbound bookkeeping --------------------------------------------------------------------------
 
+    def _stream_position(self) -> int:
+        """Where the next sample the bot plays will sit in the outbound stream (stream rate).
+
+        Held audio counts as the resampler will convert it: ``process`` returns every output sample
+        its input allows, so the count is known before the work is done.
+        """
+        assert self._outbound is not None and self._out_resampler is not None
+        return self._outbound.pushed_samples + self._out_resampler.outputs_for(self._held_out_samples)
+
+    def _release_held_out(self, now: float) -> None:
+        """Resample the audio held since the last tick and push it into the outbound stream."""
+        if not self._held_out or self._outbound is None or self._out_resampler is None:
+            return
+        expected_end = self._stream_position()
+        held = self._held_out
+        audio = held[0] if len(held) == 1 else np.concatenate(held)
+        held.clear()
+        self._held_out_samples = 0
+        self._outbound.push(self._out_resampler.process(audio), now)
+        assert self._outbound.pushed_samples == expected_end, "playback positions went wrong"
+
     def _flush_out_resampler(self, playback: Playback) -> None:
         """Push the resampler's held tail so that ``playback`` is complete in the outbound stream."""
         if self._out_resampler is None or self._outbound is None or playback.done():
             return
+        self._release_held_out(self._loop.time())
         tail = self._out_resampler.flush()
         if len(tail):
             self._outbound.push(tail, self._loop.time())
@@ -732,6 +763,7 @@ class Call:
             return
         if self._marks and self._marks[-1][0] >= playback.end:
             return
+        self._release_held_out(self._loop.time())
         name = f"vb-{next(self._mark_numbers)}"
         self._outbound.add_mark(name)
         self._marks.append((self._outbound.pushed_samples, name))

@@ -304,6 +304,9 @@ class JitterBuffer:
         self._window: Samples = np.zeros(0, dtype=np.int16)
         self._window_pos = 0  # media position of self._window[0]; always <= self._head
         self._records: deque[_Placed] = deque(maxlen=_RECORDS_KEPT)
+        # How many of the newest records have strictly rising timestamps: when all of them do, the
+        # newest is the unique nearest reference for a later timestamp (the in-order fast path).
+        self._rising_run = 0
         self._nominal = self._frame  # length of the previous chunk
         self._max_seq: int | None = None
         self._min_seq: int | None = None
@@ -403,7 +406,7 @@ class JitterBuffer:
             self._drops_since = None
 
         self._high = max(self._high, end)
-        self._records.append(_Placed(sequence_number, timestamp_ms, start, length))
+        self._remember(_Placed(sequence_number, timestamp_ms, start, length))
         self._nominal = length
         if sequence_number is not None:
             self._max_seq = (
@@ -498,7 +501,7 @@ class JitterBuffer:
         self._window_pos = 0
         self._store(0, length, samples)
         self._high = length
-        self._records.append(_Placed(seq, ts, 0, length))
+        self._remember(_Placed(seq, ts, 0, length))
         self._nominal = length
         self._max_seq = self._min_seq = seq
         self._min_ts = ts
@@ -508,14 +511,32 @@ class JitterBuffer:
         if length >= self._frame:
             self._ready_since = now
 
+    def _remember(self, record: _Placed) -> None:
+        records = self._records
+        newest = records[-1].timestamp_ms if records else None
+        if record.timestamp_ms is None:
+            self._rising_run = 0
+        elif newest is not None and record.timestamp_ms > newest:
+            self._rising_run = min(self._rising_run + 1, _RECORDS_KEPT)
+        else:
+            self._rising_run = 1
+        records.append(record)
+
+    def _nearest_in_time(self, ts: int) -> _Placed | None:
+        """The record whose timestamp is nearest ``ts`` (the earlier one on a tie), if any has one."""
+        records = self._records
+        if records and self._rising_run == len(records) and ts > _known(records[-1].timestamp_ms):
+            return records[-1]
+        timed = [r for r in records if r.timestamp_ms is not None]
+        if not timed:
+            return None
+        return min(timed, key=lambda r: (abs(ts - _known(r.timestamp_ms)), _known(r.timestamp_ms) > ts))
+
     def _place(self, length: int, seq: int | None, ts: int | None) -> int | None:
         """Media position of a new chunk from its timestamp or sequence number; None if neither."""
         if ts is not None:
-            timed = [r for r in self._records if r.timestamp_ms is not None]
-            if timed:
-                ref = min(
-                    timed, key=lambda r: (abs(ts - _known(r.timestamp_ms)), _known(r.timestamp_ms) > ts)
-                )
+            ref = self._nearest_in_time(ts)
+            if ref is not None:
                 ref_ts = _known(ref.timestamp_ms)
                 raw = ref.start + _round_half_up((ts - ref_ts) * self._rate / 1000)
                 tolerance = self._slack
@@ -566,6 +587,7 @@ class JitterBuffer:
     def _resync(self, now: float) -> int:
         self._resyncs += 1
         self._records.clear()
+        self._rising_run = 0
         self._missing.clear()
         self._max_seq = self._min_seq = self._min_ts = None
         self._drops_since = None

@@ -204,6 +204,7 @@ class CampaignRunner:
         self._wake = asyncio.Event()
         self._dialling: set[str] = set()
         self._checking: set[str] = set()
+        self._halted: CampaignHalted | None = None
         self.dials = 0
         """Dial requests this runner sent."""
         self.lookups = 0
@@ -225,6 +226,8 @@ class CampaignRunner:
         async with asyncio.TaskGroup() as group:
             while True:
                 self._wake.clear()
+                if self._halted is not None:
+                    raise self._halted
                 now = self._clock()
                 self.store.expire_leases(now)
                 busy = self._dialling | self._checking
@@ -286,8 +289,10 @@ class CampaignRunner:
             wait = exc.retry_after if exc.retry_after is not None else self.config.recheck_seconds
             store.dial_not_placed(attempt.id, self._clock(), reason=str(exc), retry_at=self._clock() + wait)
         except (AuthError, PaymentRequired) as exc:
+            # Stop claiming before the released contact could be claimed again; the loop raises.
+            self._halted = CampaignHalted(f"Exotel refused the account: {exc}")
+            self._halted.__cause__ = exc
             store.dial_not_placed(attempt.id, self._clock(), reason=str(exc), retry_at=self._clock())
-            raise CampaignHalted(f"Exotel refused the account: {exc}") from exc
         except RequestRejected as exc:
             log.error("contact %s: dial refused: %s", attempt.customer_id, exc)
             store.dial_not_placed(
@@ -336,7 +341,9 @@ class CampaignRunner:
                 settle_at = attempt.created_at + store.policy().settle_seconds
                 if now >= settle_at:
                     log.info("contact %s: no call was placed; it will be dialled again", attempt.customer_id)
-                    store.dial_not_placed(attempt.id, now, reason="no such call at Exotel", retry_at=now)
+                    store.dial_not_placed(
+                        attempt.id, now, reason="no such call at Exotel", retry_at=now, limited=True
+                    )
                 else:
                     store.postpone_check(attempt.id, min(settle_at, now + self.config.recheck_seconds))
                 return

@@ -62,6 +62,8 @@ class Policy:
     long (Exotel tears the call down just after the socket closes). ``callback_grace``: if no terminal
     callback came this long after the stream ended, the call is looked up. ``settle_seconds``: a dial
     whose outcome is unknown counts as never placed only if Exotel shows no call this long after it.
+    ``max_unplaced``: a contact whose dial requests failed this many times without placing a call (5xx
+    answers, reconciled) is given up with status ``not-placed``.
     """
 
     retries: int = 0
@@ -70,6 +72,7 @@ class Policy:
     stream_end_grace: float = 2.0
     callback_grace: float = 30.0
     settle_seconds: float = 60.0
+    max_unplaced: int = 5
 
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= 20:
@@ -85,6 +88,8 @@ class Policy:
         for name in ("stream_end_grace", "callback_grace", "settle_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0 seconds")
+        if self.max_unplaced < 1:
+            raise ConfigError(f"max_unplaced: must be >= 1, got {self.max_unplaced}")
 
     def to_json(self) -> str:
         """The policy as JSON, for the store."""
@@ -199,10 +204,18 @@ class CampaignStore(abc.ABC):
 
     @abc.abstractmethod
     def dial_not_placed(
-        self, attempt_id: str, now: float, *, reason: str, retry_at: float | None, status: str = "rejected"
+        self,
+        attempt_id: str,
+        now: float,
+        *,
+        reason: str,
+        retry_at: float | None,
+        status: str = "rejected",
+        limited: bool = False,
     ) -> None:
         """No call was placed: release the lease; the contact is due again at ``retry_at`` (the attempt
-        does not count), or, with ``retry_at=None``, done with ``status``."""
+        does not count), or, with ``retry_at=None``, done with ``status``. ``limited``: this kind of
+        failure counts towards ``Policy.max_unplaced`` (after which the contact is done, ``not-placed``)."""
 
     @abc.abstractmethod
     def postpone_check(self, attempt_id: str, until: float) -> None:
@@ -477,7 +490,14 @@ class SqliteStore(CampaignStore):
             )
 
     def dial_not_placed(
-        self, attempt_id: str, now: float, *, reason: str, retry_at: float | None, status: str = "rejected"
+        self,
+        attempt_id: str,
+        now: float,
+        *,
+        reason: str,
+        retry_at: float | None,
+        status: str = "rejected",
+        limited: bool = False,
     ) -> None:
         with self._transaction() as db:
             attempt = db.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
@@ -489,6 +509,13 @@ class SqliteStore(CampaignStore):
                 (reason[:500], now, attempt_id),
             )
             db.execute("DELETE FROM leases WHERE attempt_id = ?", (attempt_id,))
+            if limited and retry_at is not None:
+                (unplaced,) = db.execute(
+                    "SELECT count(*) FROM attempts WHERE contact_id = ? AND state = 'not-placed'",
+                    (attempt["contact_id"],),
+                ).fetchone()
+                if unplaced >= self._policy(db).max_unplaced:
+                    retry_at, status = None, "not-placed"
             if retry_at is not None:
                 db.execute(
                     "UPDATE contacts SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",

@@ -53,7 +53,12 @@ class CampaignHandler(Handler):
         unknown = sorted(name for name in attributes if not hasattr(cls, name))
         if unknown:
             raise AttributeError(f"{cls.__name__} has no attribute(s) {', '.join(unknown)}")
-        namespace: dict[str, Any] = {"store_path": os.fspath(store_path), **attributes}
+        namespace: dict[str, Any] = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "store_path": os.fspath(store_path),
+            **attributes,
+        }
         return type(cls.__name__, (cls,), namespace)
 
     def job_id(self, call: Call) -> str | None:

@@ -129,6 +129,12 @@ def add_parser(subparsers: Subparsers) -> None:
     run_parser.add_argument("--no-record", action="store_true", help="do not record the calls")
     run_parser.add_argument("--recording-channels", choices=("single", "dual"))
     run_parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    run_parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="log lines on stderr (default warning; info shows each dial and outcome)",
+    )
 
     status_parser = commands.add_parser("status", help="progress and outcome tables")
     _add_db(status_parser)
@@ -230,7 +236,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from voicebot.dialer.ops import STATUS_PATH, check_status_token, generate_status_token
     from voicebot.logs import configure_logging
 
-    configure_logging("warning", "text")
+    configure_logging(args.log_level, "text")
     exotel = ExotelConfig.from_env(environ, base_url=args.base_url, region=args.region)
     contacts = read_contacts(args.contacts)
     host, port = _listen(args.listen)

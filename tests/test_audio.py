@@ -233,6 +233,8 @@ def test_core_audio_modules_import_no_io_or_clock(module: str) -> None:
         "__future__",
         "audioop",
         "collections",
+        "dataclasses",
+        "functools",
         "math",
         "numpy",
         "sys",

@@ -7,9 +7,11 @@ order; bytes on the wire are always little-endian, whatever the host.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 import numpy as np
@@ -194,6 +196,72 @@ _INITIAL_STEP: Final = 1024
 _OUTPUTS_PER_ROW: Final = 16
 
 
+@dataclass(frozen=True, slots=True)
+class _FilterDesign:
+    """Everything about a resampler that depends only on its rates: shared by every instance."""
+
+    up: int
+    down: int
+    taps: npt.NDArray[np.float64]
+    matrix: npt.NDArray[np.float64]
+    delay_samples: int
+    reach: int
+    row_span: int
+    blocks_per_row: int
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_design(src_rate: int, dst_rate: int, taps_per_phase: int) -> _FilterDesign:
+    """The polyphase filter for one rate pair, computed once per process and read-only after: a
+    server with hundreds of calls keeps one copy of each matrix, hot in the CPU cache, instead of
+    one per call."""
+    common = math.gcd(src_rate, dst_rate)
+    up, down = dst_rate // common, src_rate // common
+    if up == down:
+        return _FilterDesign(up, down, _read_only(np.ones(1)), _read_only(np.ones((1, 1))), 0, 0, 0, 1)
+    high_rate = src_rate * up
+    edge_hz = min(src_rate, dst_rate) / 2
+    # The centre tap sits on a multiple of `down`, so the delay is a whole number of output samples
+    # and the output can be time-aligned exactly.
+    centre = down * math.ceil(taps_per_phase * max(up, down) / (2 * down))
+    length = 2 * centre + 1
+    transition = 2 * math.pi * (0.3 * edge_hz) / high_rate  # 0.85x..1.15x of the edge, in rad/sample
+    attenuation_db = 2.285 * (length - 1) * transition + 7.95
+    cutoff = edge_hz / high_rate  # the sinc's 6 dB point, in cycles/sample at the common rate
+    offsets = np.arange(length) - centre
+    taps = 2 * cutoff * np.sinc(2 * cutoff * offsets) * np.kaiser(length, _kaiser_beta(attenuation_db))
+    # Each polyphase branch (taps congruent mod `up`) makes one output phase: giving every branch a
+    # sum of exactly 1 passes DC at unity gain in every phase, which also restores the gain of `up`
+    # that zero-stuffing takes away.
+    for branch in range(up):
+        taps[branch::up] /= taps[branch::up].sum()
+    quantized = np.round(taps / _COEFF_QUANTUM) * _COEFF_QUANTUM
+    delay_samples = centre // down
+
+    # Outputs come in blocks of `up`, one per phase p; block q reads inputs from q·down − reach to
+    # q·down + last, where `last` is how far ahead the block's final phase looks. One row of the
+    # window view covers `blocks_per_row` consecutive blocks.
+    last = ((up - 1) * down) // up
+    reach = (2 * centre) // up
+    block_span = last + reach + 1
+    blocks_per_row = -(-_OUTPUTS_PER_ROW // up)
+    row_span = block_span + (blocks_per_row - 1) * down
+    positions = np.arange(block_span)[:, np.newaxis]
+    tap = np.arange(up)[np.newaxis, :] * down + (reach - positions) * up
+    block = np.where((tap >= 0) & (tap < length), quantized[np.clip(tap, 0, length - 1)], 0.0)
+    matrix = np.zeros((row_span, blocks_per_row * up))
+    for index in range(blocks_per_row):
+        matrix[index * down : index * down + block_span, index * up : (index + 1) * up] = block
+    return _FilterDesign(
+        up, down, _read_only(quantized), _read_only(matrix), delay_samples, reach, row_span, blocks_per_row
+    )
+
+
+def _read_only(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    array.flags.writeable = False
+    return array
+
+
 class Resampler:
     """A streaming polyphase resampler between two of Exotel's rates (8000, 16000, 24000 Hz).
 
@@ -248,56 +316,15 @@ class Resampler:
             or not 4 <= taps_per_phase <= 256
         ):
             raise ConfigError(f"taps_per_phase must be an int from 4 to 256, got {taps_per_phase!r}")
-        common = math.gcd(src_rate, dst_rate)
-        up, down = dst_rate // common, src_rate // common
-        self._step_up, self._step_down = up, down
-        if up == down:
-            self._taps = np.ones(1)
-            self._delay_samples = self._reach = self._row_span = 0
-            self._blocks_per_row = 1
-            self._matrix = np.ones((1, 1))
-            self._allocate(0)
-            self.reset()
-            return
-
-        high_rate = src_rate * up
-        edge_hz = min(src_rate, dst_rate) / 2
-        # The centre tap sits on a multiple of `down`, so the delay is a whole number of output samples
-        # and the output can be time-aligned exactly.
-        centre = down * math.ceil(taps_per_phase * max(up, down) / (2 * down))
-        length = 2 * centre + 1
-        transition = 2 * math.pi * (0.3 * edge_hz) / high_rate  # 0.85x..1.15x of the edge, in rad/sample
-        attenuation_db = 2.285 * (length - 1) * transition + 7.95
-        cutoff = edge_hz / high_rate  # the sinc's 6 dB point, in cycles/sample at the common rate
-        offsets = np.arange(length) - centre
-        taps = 2 * cutoff * np.sinc(2 * cutoff * offsets) * np.kaiser(length, _kaiser_beta(attenuation_db))
-        # Each polyphase branch (taps congruent mod `up`) makes one output phase: giving every branch a
-        # sum of exactly 1 passes DC at unity gain in every phase, which also restores the gain of `up`
-        # that zero-stuffing takes away.
-        for branch in range(up):
-            taps[branch::up] /= taps[branch::up].sum()
-        self._taps = np.round(taps / _COEFF_QUANTUM) * _COEFF_QUANTUM
-        self._delay_samples = centre // down
-
-        # Outputs come in blocks of `up`, one per phase p; block q reads inputs from q·down − reach to
-        # q·down + last, where `last` is how far ahead the block's final phase looks. One row of the
-        # window view covers `blocks_per_row` consecutive blocks.
-        last = ((up - 1) * down) // up
-        reach = (2 * centre) // up
-        block_span = last + reach + 1
-        blocks_per_row = -(-_OUTPUTS_PER_ROW // up)
-        row_span = block_span + (blocks_per_row - 1) * down
-        positions = np.arange(block_span)[:, np.newaxis]
-        tap = np.arange(up)[np.newaxis, :] * down + (reach - positions) * up
-        block = np.where((tap >= 0) & (tap < length), self._taps[np.clip(tap, 0, length - 1)], 0.0)
-        matrix = np.zeros((row_span, blocks_per_row * up))
-        for index in range(blocks_per_row):
-            matrix[index * down : index * down + block_span, index * up : (index + 1) * up] = block
-        self._matrix = matrix
-        self._reach = reach
-        self._row_span = row_span
-        self._blocks_per_row = blocks_per_row
-        self._allocate(_INITIAL_STEP)
+        design = _filter_design(src_rate, dst_rate, taps_per_phase)
+        self._step_up, self._step_down = design.up, design.down
+        self._taps = design.taps
+        self._matrix = design.matrix
+        self._delay_samples = design.delay_samples
+        self._reach = design.reach
+        self._row_span = design.row_span
+        self._blocks_per_row = design.blocks_per_row
+        self._allocate(0 if design.up == design.down else _INITIAL_STEP)
         self.reset()
 
     def _allocate(self, step: int) -> None:

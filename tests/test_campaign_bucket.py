@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,3 +67,15 @@ def test_no_60_second_window_ever_sees_more_than_the_rate(
 def test_impossible_settings_are_refused_naming_the_parameter(rate: float, burst: int) -> None:
     with pytest.raises(ConfigError, match=r"rate_per_minute|burst"):
         TokenBucket(rate, burst=burst)
+
+
+@pytest.mark.parametrize("module", ["bucket", "contacts", "progress"])
+def test_the_pure_campaign_modules_touch_no_clock_or_io_framework(module: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "voicebot" / "campaign" / f"{module}.py"
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "time", "aiohttp", "websockets", "socket", "sqlite3"}

@@ -5,9 +5,10 @@ Pure apart from the stream written to: the time comes in as ``now``.
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from voicebot.campaign.store import Progress
+if TYPE_CHECKING:
+    from voicebot.campaign.store import Progress
 
 __all__ = ["ProgressLine", "format_progress", "format_summary"]
 

@@ -91,6 +91,32 @@ async def test_greeting_is_heard_at_the_right_pitch_and_confirmed_by_its_mark(
     assert all(size % (rate // 50 * encoding.bytes_per_sample) == 0 for size in report.chunk_sizes)
 
 
+class BufferReuser(Handler):
+    """Plays 20 ms frames of a tone from one reused buffer, as a bot writing into a ring would."""
+
+    sample_rate = 8000
+
+    async def on_start(self, call: Call) -> None:
+        source = tone(440, 0.5, self.sample_rate)
+        buffer = np.empty(160, dtype=np.int16)
+        for start in range(0, len(source), 160):
+            buffer[:] = source[start : start + 160]
+            call.play_nowait(buffer)
+        buffer[:] = 0  # a bot that keeps its array may scribble on it before the audio goes out
+        await call.play(np.zeros(0, dtype=np.int16))
+
+
+async def test_audio_played_from_a_reused_buffer_is_heard_as_it_was_when_played() -> None:
+    async with serve_handler(BufferReuser) as url, FakeExotel(url) as exotel:
+        await exotel.run(1.2)
+    report = exotel.result
+    start = report.onset()
+    assert start is not None
+    heard = report.heard_between(start, start + 0.5)
+    assert dominant_frequency(heard, 8000) == pytest.approx(440, abs=5)
+    assert level(heard[-400:]) > 0.1  # the last frame too, not the zeros written over it
+
+
 async def test_call_exposes_start_metadata() -> None:
     bot = recorder()
     async with (

@@ -47,6 +47,7 @@ __all__ = ["AudioFrame", "Call", "CallEnded", "CallEvent", "CallStats", "Playbac
 
 T = TypeVar("T")
 Samples = npt.NDArray[np.int16]
+_INT16: Final = np.dtype(np.int16)
 
 #: How long a handler may keep running after its socket has closed before it is cancelled.
 HANDLER_GRACE_SECONDS: Final = 10.0
@@ -294,6 +295,7 @@ class Call:
         # frame, and resampling once per tick instead of once per frame costs a fifth as much.
         self._held_out: list[Samples] = []
         self._held_out_samples = 0
+        self._held_out_end = 0  # stream position just after the held audio, while there is some
         self._playbacks: deque[Playback] = deque()
         self._playback_numbers = itertools.count(1)
         self._marks: deque[tuple[int, str]] = deque()
@@ -397,10 +399,11 @@ class Call:
             gone._complete(0.0, interrupted=True, confirmed=False)
             return gone
         if rate == self.handler_rate:
-            start = self._stream_position()
-            self._held_out.append(pcm)
+            # Held until the next tick, so copied: the bot may reuse its array once this returns.
+            start = self._held_out_end if self._held_out_samples else outbound.pushed_samples
+            self._held_out.append(pcm.copy() if pcm is samples or pcm.base is not None else pcm)
             self._held_out_samples += len(pcm)
-            end = self._stream_position()
+            end = self._held_out_end = self._stream_position()
         else:
             self._release_held_out(self._loop.time())
             one_off = Resampler(rate, self.stream_rate)
@@ -798,6 +801,8 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 
 def _as_int16(samples: npt.ArrayLike) -> Samples:
+    if type(samples) is np.ndarray and samples.dtype is _INT16 and samples.ndim == 1:
+        return samples
     array = np.asarray(samples)
     if array.ndim != 1:
         raise ValueError(f"play() takes mono audio as a 1-D array, got shape {array.shape}")

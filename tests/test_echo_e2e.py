@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -216,3 +217,14 @@ async def test_echo_bot_greets_repeats_the_caller_and_hangs_up_on_hash() -> None
     assert echo is not None and echo - 1.0 < 1.0
     assert report.dominant_frequency(echo, echo + 0.4) == pytest.approx(300, abs=5)
     assert (report.hung_up_by, report.close_code) == ("bot", 1000)
+
+
+def test_the_readme_shows_this_example_as_it_is_here() -> None:
+    """The README's pytest example is the test above, verbatim: a developer copying it copies a
+    passing test."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("### In pytest", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    example = block[block.index("async def test_echo_bot_greets") :].strip()
+    assert example in Path(__file__).read_text()
+    imports = "\n".join(line for line in block.splitlines() if line.startswith(("import ", "from ")))
+    exec(imports, {})  # and its imports work

@@ -177,3 +177,89 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
     # Every call's terminal event is in the log exactly once.
     terminals = [event for event in store.events() if event["event_type"] == "terminal"]
     assert sorted(event["call_sid"] for event in terminals) == sorted(emulator.calls)
+
+
+async def test_a_campaign_killed_again_and_again_while_dialling_still_calls_everyone_exactly_as_scripted(
+    tmp_path: Path,
+) -> None:
+    people = contacts()
+    scripts = {contact.number: script for contact, script in zip(people, SCRIPTS, strict=True)}
+    scenarios = Scenarios(Scenario(), {number: script.scenario for number, script in scripts.items()})
+    db = tmp_path / "campaign.sqlite"
+    store = SqliteStore(db)
+    store.add_contacts(people, 0.0)
+    store.set_policy(
+        Policy(retries=1, retry_delay=0.3, stream_end_grace=0.5, callback_grace=2.0, settle_seconds=1.0)
+    )
+    bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
+    config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)
+    async with (
+        Emulator(EmulatorConfig(port=0, callback_retry_delay=0.2), scenarios) as emulator,
+        serve_handler(bot, path="/exotel/ws/campaign") as bot_url,
+    ):
+        async with OpsServer(StatusReceiver(TOKEN)) as probe:
+            port = probe.port
+        settings = DialSettings(
+            caller_id=EXOPHONE,
+            stream_url=bot_url,
+            status_callback=f"http://127.0.0.1:{port}/exotel/status/{TOKEN}",
+            time_limit=30,
+            time_out=5,
+            lease_margin=5.0,
+        )
+        exotel = emulator.exotel_config(request_timeout=2.0)
+        # Each runner is killed the moment it has just claimed contacts and started dialling them: its
+        # dial requests are unsent or in flight, their answers unrecorded.
+        kills = 0
+        for threshold in (3, 8, 13, 18):
+            kill = asyncio.Event()
+            waiting: list[int] = []
+
+            def progress(
+                counts: Progress,
+                threshold: int = threshold,
+                kill: asyncio.Event = kill,
+                waiting: list[int] = waiting,
+            ) -> None:
+                # Fewer contacts waiting than at the last look: some were just claimed and their dial
+                # tasks started. Kill the runner now, its requests unsent or in flight.
+                if waiting and counts.pending < waiting[-1] and counts.dialed >= threshold:
+                    kill.set()
+                waiting.append(counts.pending)
+
+            run = asyncio.create_task(
+                run_campaign(
+                    SqliteStore(db), exotel, settings, config, receiver=StatusReceiver(TOKEN), port=port,
+                    on_progress=progress,
+                )
+            )  # fmt: skip
+            killer = asyncio.create_task(kill.wait())
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.wait({run, killer}, return_when=asyncio.FIRST_COMPLETED)
+            killer.cancel()
+            kills += not run.done()
+            run.cancel()
+            await asyncio.gather(run, killer, return_exceptions=True)
+        assert kills >= 3
+        async with asyncio.timeout(TIMEOUT):
+            final = await run_campaign(
+                SqliteStore(db), exotel, settings, config, receiver=StatusReceiver(TOKEN), port=port
+            )
+        async with asyncio.timeout(TIMEOUT):
+            for sid in list(emulator.calls):
+                await emulator.wait_done(sid)
+
+    assert final.remaining == 0
+    records = {record.number: record for record in store.contacts()}
+    for number, script in scripts.items():
+        record = records[number]
+        calls = sum(1 for call in emulator.calls.values() if same_number(call.to, number))
+        assert (record.status, record.outcome, record.attempts, calls) == (
+            script.status,
+            script.outcome,
+            script.calls,
+            script.calls,
+        ), record
+    assert emulator.max_live_calls <= 3
+    terminals = [event for event in store.events() if event["event_type"] == "terminal"]
+    assert sorted(event["call_sid"] for event in terminals) == sorted(emulator.calls)

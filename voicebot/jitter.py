@@ -252,6 +252,8 @@ class _Spans:
     def prune(self, before: int) -> None:
         """Forget spans that end before ``before``, and the oldest beyond the cap."""
         spans = self._spans
+        if not spans or (spans[0][1] >= before and len(spans) <= _SPANS_KEPT):
+            return
         keep = 0
         while keep < len(spans) and spans[keep][1] < before:
             keep += 1
@@ -275,6 +277,8 @@ class JitterBuffer:
                 f"frame_ms must be a whole number of samples at {sample_rate} Hz, got {cfg.frame_ms}"
             )
         self._rate = sample_rate
+        self._zero_delay = cfg.zero_delay
+        self._disable_fast_paths = False  # tests compare the fast paths against the general ones
         self._frame = cfg.frame_ms * sample_rate // 1000
         self._conceal_len = cfg.conceal_ms * sample_rate // 1000
         conceal_frames = -(-self._conceal_len // self._frame)
@@ -355,15 +359,16 @@ class JitterBuffer:
         """
         if not isinstance(samples, np.ndarray) or samples.ndim != 1 or samples.dtype != np.int16:
             raise ValueError(f"samples must be a 1-D numpy int16 array, got {_describe(samples)}")
-        for name, value in (("sequence_number", sequence_number), ("timestamp_ms", timestamp_ms)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be an int or None, got {value!r}")
+        _require_number("sequence_number", sequence_number)
+        _require_number("timestamp_ms", timestamp_ms)
         self._received += 1
         length = len(samples)
         if length == 0:
             return
         if not self._started:
             self._start(samples, sequence_number, timestamp_ms, now)
+            return
+        if timestamp_ms is not None and self._push_next(samples, length, sequence_number, timestamp_ms, now):
             return
 
         start = self._place(length, sequence_number, timestamp_ms)
@@ -424,22 +429,33 @@ class JitterBuffer:
     def pop(self, now: float) -> list[Samples]:
         """Every frame due at ``now``, in order, each exactly :attr:`frame_samples` long.
 
-        Frames whose media is missing are concealed. The returned arrays are views of a fresh copy
-        that the buffer never touches again.
+        Frames whose media is missing are concealed. The returned arrays are a fresh copy (or views of
+        one) that the buffer never touches again.
         """
         if not self._started:
             return []
-        if self._config.zero_delay:
-            count = max(0, (self._high - self._head) // self._frame)
+        head = self._head
+        frame = self._frame
+        if self._zero_delay:
+            count = (self._high - head) // frame
         else:
             horizon = (now + _DUE_SLACK_S - self._offset) * self._rate
-            count = math.floor((horizon - self._head) / self._frame) + 1 if horizon >= self._head else 0
+            count = math.floor((horizon - head) / frame) + 1 if horizon >= head else 0
         if count <= 0:
             return []
-        end = self._head + count * self._frame
-        block = self._render(self._head, end)
+        end = head + count * frame
+        spans = self._spans._spans
+        if spans and spans[-1][0] <= head and end <= spans[-1][1] and not self._disable_fast_paths:
+            # All of it received, in the newest span: no gaps to conceal, one copy out of the window.
+            window_pos = self._window_pos
+            block = self._window[head - window_pos : end - window_pos].copy()
+            self._history = block[-frame:].copy()
+        else:
+            block = self._render(head, end)
         self._advance(end)
-        return [block[i * self._frame : (i + 1) * self._frame] for i in range(count)]
+        if count == 1:
+            return [block]
+        return list(block.reshape(count, frame))
 
     def next_due(self) -> float | None:
         """When :meth:`pop` will next release a frame (may be in the past), or None if never.
@@ -450,7 +466,7 @@ class JitterBuffer:
         """
         if not self._started:
             return None
-        if self._config.zero_delay:
+        if self._zero_delay:
             return self._ready_since
         return self._offset + self._head / self._rate
 
@@ -477,7 +493,7 @@ class JitterBuffer:
     def stats(self) -> JitterStats:
         """A snapshot of the counters and the current delay estimates."""
         held = sum(b - a for a, b in self._spans.parts(self._head, self._head + self._capacity))
-        applied = self._started and not self._config.zero_delay
+        applied = self._started and not self._zero_delay
         return JitterStats(
             received=self._received,
             late=self._late,
@@ -493,6 +509,70 @@ class JitterBuffer:
         )
 
     # --------------------------------------------------------------------------------- placement
+
+    def _push_next(self, samples: Samples, length: int, seq: int | None, ts: int, now: float) -> bool:
+        """The common case, done cheaply: a chunk that continues the newest media with nothing missing.
+
+        Returns False, having changed nothing, for any other chunk; :meth:`push` then takes the general
+        path. It takes a chunk only where the general path would place it at the high-water mark (the
+        newest record is the nearest in time and ends there) with the high-water mark at or past the
+        playout head and the sequence number, if any, next: then no resync, duplicate, late, loss or
+        overflow can be found, the chunk's media was not received before, and the general path would
+        store all of it and extend the newest span, which is what is done here.
+        """
+        if self._disable_fast_paths:
+            return False
+        records = self._records
+        rising = self._rising_run
+        if not rising or rising != len(records):
+            return False
+        ref = records[-1]
+        ref_ts = ref.timestamp_ms
+        if ref_ts is None or ts <= ref_ts:
+            return False
+        max_seq = self._max_seq
+        if seq is not None and (max_seq is None or seq != max_seq + 1):
+            return False  # first, skipped or repeated sequence number: the general path counts it
+        high = self._high
+        head = self._head
+        end = high + length
+        if high < head or end - head > self._capacity or ref.start + ref.length != high:
+            return False
+        # _place snaps to the reference's end within this tolerance.
+        raw = ref.start + _round_half_up((ts - ref_ts) * self._rate / 1000)
+        tolerance = self._slack
+        if seq is not None and ref.sequence_number is not None and seq - ref.sequence_number == 1:
+            half = min(length, ref.length) // _ADJACENT_SNAP_FRACTION
+            if half > tolerance:
+                tolerance = half
+        if abs(raw - high) > tolerance:
+            return False
+
+        window_pos = self._window_pos
+        if high < window_pos or end > window_pos + len(self._window):
+            self._rewindow(min(high, head), end)
+            window_pos = self._window_pos
+        self._window[high - window_pos : end - window_pos] = samples
+        spans = self._spans._spans  # all of them end at or before the high-water mark
+        if spans and spans[-1][1] == high:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((high, end))
+        self._drops_since = None
+        self._high = end
+        self._rising_run = rising + 1 if rising < _RECORDS_KEPT else _RECORDS_KEPT
+        records.append(_Placed(seq, ts, high, length))
+        self._nominal = length
+        if seq is not None:
+            self._max_seq = seq
+            if self._min_seq is None:
+                self._min_seq = seq
+        if self._min_ts is None or ts < self._min_ts:
+            self._min_ts = ts
+        self._observe_arrival(high, length, now, restarted=False)
+        if self._ready_since is None and end - head >= self._frame:
+            self._ready_since = now
+        return True
 
     def _start(self, samples: Samples, seq: int | None, ts: int | None, now: float) -> None:
         length = len(samples)
@@ -578,7 +658,7 @@ class JitterBuffer:
 
     def _anchor_position(self, now: float) -> int:
         """Where a chunk with no usable media time goes: after the held audio, or re-anchored."""
-        if self._high >= self._head or self._config.zero_delay:
+        if self._high >= self._head or self._zero_delay:
             return max(self._high, self._head)
         # The buffer ran dry: restart the clock so this chunk plays after the target delay.
         self._offset = now + self._target_delay() - self._head / self._rate
@@ -712,6 +792,11 @@ class JitterBuffer:
         self._released_any = True
         self._ready_since = None
         self._spans.prune(head - self._capacity)
+
+
+def _require_number(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an int or None, got {value!r}")
 
 
 def _known(value: int | None) -> int:

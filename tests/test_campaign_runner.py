@@ -5,19 +5,31 @@ and look-ups, failures that place no call are bounded, and a refused account sto
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from handlers.collections import CollectionsBot
 from voicebot.campaign.bucket import TokenBucket
 from voicebot.campaign.contacts import Contact
-from voicebot.campaign.runner import CampaignHalted, CampaignRunner, DialSettings, RateLimiter, RunnerConfig
+from voicebot.campaign.runner import (
+    CampaignHalted,
+    CampaignRunner,
+    DialSettings,
+    RateLimiter,
+    RunnerConfig,
+    store_status_callback,
+)
 from voicebot.campaign.store import Policy, SqliteStore
+from voicebot.dialer.callbacks import StatusEvent
 from voicebot.dialer.client import Dialer
 from voicebot.dialer.config import ExotelConfig
+from voicebot.dialer.ops import OpsServer, StatusReceiver
 from voicebot.emulator import Emulator, EmulatorConfig, Scenario, Scenarios
 from voicebot.testing import serve_handler
 
@@ -158,3 +170,38 @@ async def test_a_refused_account_stops_the_campaign_without_counting_an_attempt(
     (record,) = store.contacts()
     assert (record.state, record.attempts) == ("pending", 0)
     assert store.progress(0.0).in_progress == 0
+
+
+async def test_callbacks_are_acknowledged_only_once_written_and_duplicates_are_recorded_once(
+    tmp_path: Path,
+) -> None:
+    store = store_with(tmp_path, [BUSY])
+    attempt = store.claim(1.0, channels=1, lease_seconds=100.0, holder="test")
+    assert attempt is not None
+    fail = [True]
+
+    class Flaky(SqliteStore):
+        def record_event(self, event: StatusEvent, now: float, *, source: str = "callback") -> bool:
+            if fail[0]:
+                raise sqlite3.OperationalError("database is locked")
+            return super().record_event(event, now, source=source)
+
+    flaky = Flaky(store.path)
+    woken: list[bool] = []
+    receiver = StatusReceiver("runner-test-token-0123456789")
+    receiver.add_callback(store_status_callback(flaky, on_change=lambda: woken.append(True)), before_ack=True)
+    body = json.dumps(
+        {"CallSid": "sid-1", "EventType": "terminal", "Status": "busy", "CustomField": attempt.id}
+    )
+    async with OpsServer(receiver) as ops, aiohttp.ClientSession() as session:
+        url = ops.url(receiver.path_for())
+        statuses = []
+        for _ in range(3):  # Exotel's first try and its two retries
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                statuses.append(response.status)
+            fail[0] = False
+    assert statuses == [500, 200, 200]
+    assert woken == [True]
+    assert [event["call_sid"] for event in store.events()] == ["sid-1"]
+    (record,) = store.contacts()
+    assert (record.call_sids, record.status, record.state) == (("sid-1",), "busy", "done")

@@ -242,6 +242,8 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     host, port = _listen(args.listen)
     check_http_url("--status-callback-base", args.status_callback_base)
     retry_on = tuple(filter(None, (part.strip().lower() for part in args.retry_on.split(","))))
+    if not args.rate_per_minute >= 2:
+        raise ConfigError(f"--rate-per-minute: must be at least 2, got {args.rate_per_minute:g}")
     policy = Policy(retries=args.retries, retry_delay=args.retry_delay, retry_on=retry_on)
     config = RunnerConfig(
         channels=args.channels,

@@ -336,7 +336,7 @@ class SqliteStore(CampaignStore):
     between processes on one machine: every operation is one ``BEGIN IMMEDIATE`` transaction.
 
     ``path`` may be ``":memory:"`` for tests. ``busy_timeout``: seconds to wait for another process's
-    transaction before failing.
+    transaction before failing. The operations are documented on :class:`CampaignStore`.
     """
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:

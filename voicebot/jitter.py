@@ -278,6 +278,7 @@ class JitterBuffer:
             )
         self._rate = sample_rate
         self._zero_delay = cfg.zero_delay
+        self._adaptive = cfg.adaptive
         self._disable_fast_paths = False  # tests compare the fast paths against the general ones
         self._frame = cfg.frame_ms * sample_rate // 1000
         self._conceal_len = cfg.conceal_ms * sample_rate // 1000
@@ -359,8 +360,10 @@ class JitterBuffer:
         """
         if not isinstance(samples, np.ndarray) or samples.ndim != 1 or samples.dtype != np.int16:
             raise ValueError(f"samples must be a 1-D numpy int16 array, got {_describe(samples)}")
-        _require_number("sequence_number", sequence_number)
-        _require_number("timestamp_ms", timestamp_ms)
+        if type(sequence_number) is not int:
+            _require_number("sequence_number", sequence_number)
+        if type(timestamp_ms) is not int:
+            _require_number("timestamp_ms", timestamp_ms)
         self._received += 1
         length = len(samples)
         if length == 0:
@@ -452,7 +455,10 @@ class JitterBuffer:
             self._history = block[-frame:].copy()
         else:
             block = self._render(head, end)
-        self._advance(end)
+        self._head = end
+        self._released_any = True
+        self._ready_since = None
+        self._spans.prune(end - self._capacity)
         if count == 1:
             return [block]
         return list(block.reshape(count, frame))
@@ -691,31 +697,50 @@ class JitterBuffer:
 
     # ------------------------------------------------------------------------------------ timing
 
+    # Both run once per chunk: their clamps are spelt as comparisons rather than min()/max() calls, with
+    # the same results (min(a, b) is b only if b < a; max(a, b) is b only if b > a).
+
     def _target_delay(self) -> float:
-        if not self._config.adaptive:
+        if not self._adaptive:
             return self._min_delay_s
         wanted = _JITTER_MULTIPLIER * self._jitter + self._frame_s
-        return min(self._max_delay_s, max(self._min_delay_s, wanted))
+        if not wanted > self._min_delay_s:
+            wanted = self._min_delay_s
+        return wanted if wanted < self._max_delay_s else self._max_delay_s
 
     def _observe_arrival(self, start: int, length: int, now: float, *, restarted: bool) -> None:
-        transit = now - start / self._rate
+        rate = self._rate
+        max_delay = self._max_delay_s
+        transit = now - start / rate
         if restarted or self._prev_transit is None:
-            self._mean_transit = transit
+            mean = transit
         else:
-            self._jitter += (abs(transit - self._prev_transit) - self._jitter) * _ESTIMATOR_GAIN
+            jitter = self._jitter
+            self._jitter = jitter + (abs(transit - self._prev_transit) - jitter) * _ESTIMATOR_GAIN
             # Clipped so that one burst after a stall cannot drag the playout clock by seconds.
-            deviation = min(self._max_delay_s, max(-self._max_delay_s, transit - self._mean_transit))
-            self._mean_transit += deviation * _ESTIMATOR_GAIN
+            deviation = transit - self._mean_transit
+            if not deviation > -max_delay:
+                deviation = -max_delay
+            if not deviation < max_delay:
+                deviation = max_delay
+            mean = self._mean_transit + deviation * _ESTIMATOR_GAIN
+        self._mean_transit = mean
         self._prev_transit = transit
-        mean = self._mean_transit
         desired = mean + self._target_delay()
-        media_s = length / self._rate
-        if desired > self._offset:
-            self._offset += min(desired - self._offset, media_s * _GROW_PER_SECOND)
+        media_s = length / rate
+        offset = self._offset
+        if desired > offset:
+            step = media_s * _GROW_PER_SECOND
+            offset += step if step < desired - offset else desired - offset
         else:
-            self._offset -= min(self._offset - desired, media_s * _SHRINK_PER_SECOND)
+            step = media_s * _SHRINK_PER_SECOND
+            offset -= step if step < offset - desired else offset - desired
         # The applied delay never leaves its bounds, even while the mean moves faster than the steps.
-        self._offset = min(mean + self._max_delay_s, max(mean + self._min_delay_s, self._offset))
+        least = mean + self._min_delay_s
+        if not offset > least:
+            offset = least
+        most = mean + max_delay
+        self._offset = offset if offset < most else most
 
     # ----------------------------------------------------------------------------------- storage
 
@@ -729,7 +754,8 @@ class JitterBuffer:
 
     def _rewindow(self, low: int, high: int) -> None:
         needed = max(high, self._high) - low  # the held audio must fit as well as the new chunk
-        size = max(needed, min(2 * needed, self._capacity))
+        # Room for about half a second more, so that in-order chunks are appended in place for a while.
+        size = max(needed, min(needed + max(needed, self._rate // 2), self._capacity))
         window = np.empty(size, dtype=np.int16)
         keep_from = max(self._window_pos, low, self._head)
         keep_to = min(self._window_pos + len(self._window), low + size)
@@ -786,12 +812,6 @@ class JitterBuffer:
             offsets = np.arange(first, repeat_to)
             repeated = self._gap_source[offsets % self._frame] * self._conceal_gains[offsets // self._frame]
             fill[: repeat_to - first] = repeated.astype(np.int16)
-
-    def _advance(self, head: int) -> None:
-        self._head = head
-        self._released_any = True
-        self._ready_since = None
-        self._spans.prune(head - self._capacity)
 
 
 def _require_number(name: str, value: object) -> None:

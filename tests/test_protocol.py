@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from voicebot.protocol import (
     TRANSITIONS,
     StreamProtocol,
     StreamState,
+    _parse_any_message,
+    _parse_documented_media,
     parse_custom_parameters,
     parse_message,
     rate_from_url,
@@ -241,6 +244,112 @@ def test_exotel_like_messages_parse_or_are_protocol_errors(message: dict[str, An
 @given(st.binary(max_size=100))
 def test_any_bytes_parse_or_are_a_protocol_error(data: bytes) -> None:
     _parses_or_protocol_error(data)
+
+
+# --- property: the fast media reader agrees with the tolerant one ---------------------------------------
+
+plain_scalars = st.one_of(st.integers(0, 10**6), st.integers(0, 10**6).map(str), st.just("007"))
+odd_scalars = st.one_of(
+    st.sampled_from(["", "12Hz", " 3", "1.0", "-3", "٣", "9" * 41, 10**45, -3, 1.5, True, None]),
+    json_values,
+)
+valid_payloads = st.binary(max_size=64).map(lambda data: base64.b64encode(data).decode())  # odd and even
+bad_payloads = st.one_of(
+    st.text(alphabet='ABCD+/=\n @-_é"\\\x01', min_size=1, max_size=12),
+    st.sampled_from(["AAA", "AA==AA==", "=AAA", "AAA=\n", "QUJD\u00e9", "AAAA AAAA"]),
+    json_values,
+)
+DEVIATIONS = [
+    "shuffle keys", "shuffle media keys", "drop field", "odd scalar", "bad payload",
+    "event name", "stream sid", "separators", "no ascii", "cut", "append", "duplicate media",
+    "unterminated payload", "raw sid", "raw number", "odd space",
+]  # fmt: skip
+
+
+@st.composite
+def media_wire_texts(draw: st.DrawFn) -> tuple[str, bool]:
+    """A ``media`` message in one of its wire forms, and whether it has the documented layout.
+
+    Starts from §4.3's layout (keys in its order, all present, digit-string or int scalars, valid base64,
+    compact or Python's default spacing) and applies up to two deviations, each of which may make the
+    message differently valid, or invalid.
+    """
+    deviations = draw(st.lists(st.sampled_from(DEVIATIONS), max_size=2))
+    seq_key = draw(st.sampled_from(["sequence_number", "sequenceNumber"]))
+    sid_key = draw(st.sampled_from(["stream_sid", "streamSid"]))
+    scalars = [draw(plain_scalars) for _ in range(3)]
+    if "odd scalar" in deviations:
+        scalars[draw(st.integers(0, 2))] = draw(odd_scalars)
+    payload = draw(bad_payloads if "bad payload" in deviations else valid_payloads)
+    event = draw(st.sampled_from(["Media", " media", "media "])) if "event name" in deviations else "media"
+    sid = draw(st.sampled_from(['a"b', "a\\b", "\u2028", "\x00"])) if "stream sid" in deviations else SID
+    message: dict[str, Any] = {"event": event, seq_key: scalars[0], sid_key: sid}
+    media: dict[str, Any] = {"chunk": scalars[1], "timestamp": scalars[2], "payload": payload}
+    if "drop field" in deviations:
+        target = draw(st.sampled_from([message, media]))
+        del target[draw(st.sampled_from(sorted(target)))]
+    if "shuffle media keys" in deviations:
+        media = dict(draw(st.permutations(list(media.items()))))
+    message["media"] = media
+    if "shuffle keys" in deviations:
+        message = dict(draw(st.permutations(list(message.items()))))
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    if "separators" in deviations:
+        separators = draw(st.sampled_from([(" ,", ":"), (",", " :"), (",", ":  "), (",\n", ":\t")]))
+    text = json.dumps(message, separators=separators, ensure_ascii="no ascii" not in deviations)
+    if "raw sid" in deviations:  # escapes and characters that JSON rejects inside the SID
+        text = text.replace(SID, draw(st.sampled_from(["a\\qb", "a\x01b", "a\\", "\\u12", "a\\nb", "é"])))
+    if "raw number" in deviations:  # a leading zero (JSON rejects it) or an exponent (a float)
+        text = re.sub(r'("chunk": ?)"?', "\\g<1>" + draw(st.sampled_from(["0", "1e"])), text, count=1)
+    if "odd space" in deviations:  # JSON allows only space, tab, CR and LF between tokens
+        text = re.sub(
+            r', ?"timestamp"',
+            "," + draw(st.sampled_from(["\x0c", "\u00a0", "\n", "\t"])) + '"timestamp"',
+            text,
+        )
+    if "cut" in deviations:
+        text = text[: -draw(st.integers(1, 5))]
+    if "append" in deviations:
+        text += draw(st.sampled_from([" ", "\n", "}", '"}}', ',"x":1}', "\x00"]))
+    if "duplicate media" in deviations:  # JSON keeps the last one
+        text = text[:-1] + draw(st.sampled_from([',"media":{"payload":"AAAA"}}', ',"media":5}']))
+    if "unterminated payload" in deviations:
+        text = text[: text.rfind('"', 0, len(text) - 3) + 1] + "}}"
+    return text, not deviations
+
+
+def _outcome(parse: Any, text: str, encoding: Encoding) -> object:
+    try:
+        return parse(text, encoding)
+    except RemoteProtocolError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=1500)
+@given(media_wire_texts())
+def test_media_fast_path_gives_the_tolerant_result_or_error(case: tuple[str, bool]) -> None:
+    text, documented = case
+    for encoding in Encoding:
+        tolerant = _outcome(lambda t, e: _parse_any_message(t, e, None), text, encoding)
+        assert _outcome(lambda t, e: parse_message(t, encoding=e), text, encoding) == tolerant
+        fast = _parse_documented_media(text, encoding)
+        assert fast is None or fast == tolerant
+        if documented:  # the common forms really do take the fast path
+            assert fast is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        media_message(b"\x01\x02\x03"),
+        media_message(b"\x01\x02", seq=7, chunk=6, timestamp=600).replace(" ", ""),
+        media_message(b"").replace("sequence_number", "sequenceNumber").replace("stream_sid", "streamSid"),
+    ],
+)
+def test_documented_media_forms_take_the_fast_path(text: str) -> None:
+    fast = _parse_documented_media(text, Encoding.PCM16)
+    assert fast is not None
+    assert fast == _parse_any_message(text, Encoding.PCM16, None)
 
 
 # --- stream parameters --------------------------------------------------------------------------------

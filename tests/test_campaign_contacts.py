@@ -47,6 +47,7 @@ def test_a_file_with_a_bom_is_read(tmp_path: Path) -> None:
         ("number,customer_id\n+919812345678,c1,extra\n", 2, None, "3 fields, the header has 2"),
         ("number,customer_id,note\n+919812345678,c1," + "x" * 300 + "\n", 2, "note", "Exotel allows 256"),
         ("number,customer_id\n+919812345678," + "c" * 65 + "\n", 2, "customer_id", "at most 64"),
+        ("number,customer_id\n+919812345678,c1\n09812345678,c2\n", 3, "number", "already on row 2"),
     ],
 )
 def test_bad_lists_are_refused_naming_the_row_and_column(

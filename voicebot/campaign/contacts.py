@@ -19,7 +19,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from voicebot.dialer.api import MAX_CUSTOM_PARAMETERS, MAX_CUSTOM_PARAMETERS_CHARS, normalize_number
+from voicebot.dialer.api import (
+    MAX_CUSTOM_PARAMETERS,
+    MAX_CUSTOM_PARAMETERS_CHARS,
+    normalize_number,
+    same_number,
+)
 from voicebot.dialer.errors import ValidationError
 from voicebot.errors import ConfigError
 
@@ -105,6 +110,7 @@ def parse_contacts(lines: Iterable[str], *, source: str = "contacts") -> list[Co
     extras = [name for name in columns if name not in ("number", "customer_id")]
     contacts: list[Contact] = []
     seen: dict[str, int] = {}
+    numbers: dict[str, tuple[str, int]] = {}
     try:
         for cells in reader:
             row = reader.line_num
@@ -115,12 +121,29 @@ def parse_contacts(lines: Iterable[str], *, source: str = "contacts") -> list[Co
                     f"has {len(cells)} fields, the header has {len(columns)}", source=source, row=row
                 )
             values = dict(zip(columns, (cell.strip() for cell in cells), strict=True))
-            contacts.append(_contact(values, extras, row, source, seen))
+            contact = _contact(values, extras, row, source, seen)
+            _check_unique_number(contact, numbers, source)
+            contacts.append(contact)
     except csv.Error as exc:
         raise ContactsError(f"unreadable CSV: {exc}", source=source, row=reader.line_num) from None
     if not contacts:
         raise ContactsError("no contacts after the header row", source=source)
     return contacts
+
+
+def _check_unique_number(contact: Contact, numbers: dict[str, tuple[str, int]], source: str) -> None:
+    """Two contacts with one number could not be told apart when Exotel is asked which call a lost dial
+    answer placed (calls are listed by number), and the person would be called twice."""
+    key = re.sub(r"\D", "", contact.number).lstrip("0")[-10:]
+    earlier = numbers.get(key)
+    if earlier is not None and same_number(earlier[0], contact.number):
+        raise ContactsError(
+            f"{contact.number} is already on row {earlier[1]} (as {earlier[0]}); each number may appear once",
+            source=source,
+            row=contact.row,
+            column="number",
+        )
+    numbers[key] = (contact.number, contact.row)
 
 
 def _check_header(columns: list[str], source: str) -> None:

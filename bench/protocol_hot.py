@@ -9,7 +9,8 @@ same with Python's default ``", "``/``": "`` spacing, camelCase keys, integer sc
 ``chunk``/``timestamp``. The outbound row times ``StreamProtocol.media`` on a 1 600-byte payload.
 
 The baseline is ``voicebot/protocol.py`` as of ``--baseline`` (default ``HEAD``), loaded from
-``git show`` into its own module object next to the working tree's; both share ``voicebot.events``, so
+``git show`` into its own module object next to the working tree's (``--baseline 226133e`` is the tree
+before the documented-layout fast path); both share ``voicebot.events``, so
 their results are compared for equality (and outbound text for byte identity) before anything is timed.
 Times are µs per call from ``time.perf_counter``, as the minimum and median over ``--repeats``
 interleaved passes; the ratio is baseline / this tree from the same run.
@@ -50,21 +51,24 @@ START = json.dumps(
 )
 
 
-def _media(seq: str, sid: str, chunk: object, timestamp: object, separators: tuple[str, str]) -> str:
-    media = {"chunk": chunk, "timestamp": timestamp, "payload": B64}
-    if chunk is None:
-        media = {"payload": B64}
-    sequence = 12 if seq.endswith("#int") else "12"
-    message = {"event": "media", seq.removesuffix("#int"): sequence, sid: SID, "media": media}
+def media_text(
+    *, camel: bool = False, ints: bool = False, positions: bool = True, separators: tuple[str, str] = COMPACT
+) -> str:
+    """One inbound ``media`` message carrying ``PAYLOAD`` in the wire form the flags describe."""
+    seq_key, sid_key = ("sequenceNumber", "streamSid") if camel else ("sequence_number", "stream_sid")
+    media: dict[str, object] = {"payload": B64}
+    if positions:
+        media = {"chunk": 11 if ints else "11", "timestamp": 1100 if ints else "1100", "payload": B64}
+    message = {"event": "media", seq_key: 12 if ints else "12", sid_key: SID, "media": media}
     return json.dumps(message, separators=separators)
 
 
 FORMS: dict[str, str] = {
-    "documented": _media("sequence_number", "stream_sid", "11", "1100", COMPACT),
-    "spaced": _media("sequence_number", "stream_sid", "11", "1100", (", ", ": ")),
-    "camelCase": _media("sequenceNumber", "streamSid", "11", "1100", COMPACT),
-    "int scalars": _media("sequence_number#int", "stream_sid", 11, 1100, COMPACT),
-    "no chunk/timestamp": _media("sequence_number", "stream_sid", None, None, COMPACT),
+    "documented": media_text(),
+    "spaced": media_text(separators=(", ", ": ")),
+    "camelCase": media_text(camel=True),
+    "int scalars": media_text(ints=True),
+    "no chunk/timestamp": media_text(positions=False),
 }
 
 

@@ -7,7 +7,9 @@ Nothing here touches a socket or a clock, so every rule is testable with plain f
 Reading is tolerant, as ``exotel-protocol.md`` §4.0 and §12 require: snake_case keys first with a
 camelCase fallback, numbers as ints or numeric strings (unit suffixes such as ``"8000Hz"`` allowed),
 custom parameters as an object or a query string, a top-level ``digit`` for DTMF, an odd trailing PCM16
-payload byte dropped. Writing is strict: exactly the documented snake_case shapes.
+payload byte dropped. Writing is strict: exactly the documented snake_case shapes. The documented
+``media`` layout, ten messages a second per call, is read without running the JSON decoder over its
+payload; everything else goes through the tolerant reader, which also words every error.
 
 Anything malformed raises ``RemoteProtocolError`` with a message that says what was wrong; no other
 exception escapes parsing.
@@ -299,9 +301,9 @@ def parse_message(
 
 # The documented ``media`` layout (§4.3) up to the payload's opening quote: compact or with one space
 # after ':' and ',', snake_case or camelCase keys, scalars as digit strings or plain JSON integers, a
-# stream SID without escapes. Text that starts like this, ends with '"}}' and has valid base64 in between
-# is exactly the JSON object the tolerant reader would see, so it can be read without running the JSON
-# decoder over the ~2 KB payload (the payload's base64 check is then the only pass over it).
+# stream SID without escapes or control characters. Text that starts like this, ends with '"}}' and has
+# valid base64 in between is exactly the JSON object the tolerant reader would see, so it can be read
+# without running the JSON decoder over the ~2 KB payload (the base64 check is the only pass over it).
 _SCALAR: Final = r'(?:"([0-9]{1,40})"|(0|[1-9][0-9]{0,39}))'
 _DOCUMENTED_MEDIA_HEAD: Final = re.compile(
     r'\{"event": ?"media", ?"(?:sequence_number|sequenceNumber)": ?'
@@ -331,8 +333,13 @@ def _parse_documented_media(text: str, encoding: Encoding) -> Media | None:
         return None
     if encoding is Encoding.PCM16 and len(data) % 2:
         data = data[:-1]
-    seq, seq_number, chunk, chunk_number, timestamp, timestamp_number = head.groups()
-    return Media(int(seq or seq_number), int(chunk or chunk_number), int(timestamp or timestamp_number), data)
+    seq_quoted, seq_bare, chunk_quoted, chunk_bare, timestamp_quoted, timestamp_bare = head.groups()
+    return Media(
+        int(seq_quoted or seq_bare),
+        int(chunk_quoted or chunk_bare),
+        int(timestamp_quoted or timestamp_bare),
+        data,
+    )
 
 
 def _parse_any_message(text: str | bytes, encoding: Encoding, url_rate: int | None) -> Event:
@@ -529,8 +536,7 @@ class StreamProtocol:
         The payload must be whole 20 ms frames at the stream's rate and at most 100 000 bytes, so
         that Exotel never waits on a short sub-packet (§5.2).
         """
-        if self.state is not StreamState.STREAMING:
-            self._check_can_send("media")  # raises; the test is inline because this runs ~10 times a second
+        self._check_can_send("media")
         size = len(payload)
         if size == 0 or size % self._frame_bytes or size > MAX_MEDIA_BYTES:
             raise LocalProtocolError(

@@ -347,7 +347,8 @@ class SqliteStore(CampaignStore):
             raise ConfigError(f"db: cannot open {self.path!r}: {exc}") from None
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a committed intent to dial survives a power cut too, not only a crashed process.
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._transaction() as db:
             # One statement at a time: executescript() would commit outside this transaction.

@@ -28,6 +28,7 @@ import pytest
 import handlers
 from voicebot.events import Encoding
 from voicebot.handler import Handler
+from voicebot.pacing import DEFAULT_MARGIN
 from voicebot.testing import (
     BotProtocolError,
     CallReport,
@@ -254,6 +255,10 @@ def test_the_bots_audio_never_runs_dry_mid_utterance(
 
 def _runs_dry(outcome: Outcome) -> bool:
     min_lead = outcome.report.min_lead
+    if outcome.loop_lag >= DEFAULT_MARGIN - MIN_LEAD:
+        # The loop stalled for longer than the pacer's margin: the cushion a real-time producer
+        # keeps is gone, and rebuilding it costs one deliberate gap. Nothing to judge the bot by.
+        return False
     return min_lead is not None and min_lead < MIN_LEAD - outcome.loop_lag
 
 

@@ -205,3 +205,43 @@ async def test_callbacks_are_acknowledged_only_once_written_and_duplicates_are_r
     assert [event["call_sid"] for event in store.events()] == ["sid-1"]
     (record,) = store.contacts()
     assert (record.call_sids, record.status, record.state) == (("sid-1",), "busy", "done")
+
+
+async def test_a_restarted_runner_looks_up_calls_whose_callbacks_came_while_nobody_listened(
+    tmp_path: Path,
+) -> None:
+    store = store_with(tmp_path, [BUSY, ANSWERS], retries=0)
+    scenarios = Scenarios(Scenario(outcome="no-answer", ring_seconds=0.3))
+    long_lease = DialSettings(
+        caller_id=EXOPHONE,
+        stream_url="ws://127.0.0.1:9/ws",
+        status_callback="http://127.0.0.1:9/exotel/status/nobody-listens-here",
+        time_limit=600,
+        time_out=5,
+    )
+    config = RunnerConfig(channels=2, rate_per_minute=6000, burst=20, recheck_seconds=0.3, poll_interval=0.1)
+    async with exotel(scenarios) as emulator, Dialer(emulator.exotel_config()) as dialer:
+        placed = asyncio.Event()
+        first = asyncio.create_task(
+            CampaignRunner(
+                store,
+                dialer,
+                long_lease,
+                config,
+                on_progress=lambda p: placed.set() if p.dialed == 2 else None,
+            ).run()
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await placed.wait()
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        async with asyncio.timeout(TIMEOUT):
+            for sid in list(emulator.calls):
+                await emulator.wait_done(sid)  # both calls end; their callbacks reach nobody
+        runner = CampaignRunner(store, dialer, long_lease, config)
+        # Far sooner than the leases (over ten minutes) would have run out.
+        async with asyncio.timeout(10.0):
+            final = await runner.run()
+    assert final.remaining == 0 and runner.dials == 0 and runner.lookups == 2
+    assert [record.status for record in store.contacts()] == ["no-answer", "no-answer"]
+    assert len(emulator.calls) == 2

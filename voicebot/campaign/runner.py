@@ -223,6 +223,8 @@ class CampaignRunner:
             raise halted.exceptions[0] from None
 
     async def _run(self) -> Progress:
+        # Callbacks may have come while no runner listened: look each open call up once.
+        self.store.recheck_open_calls(self._clock())
         async with asyncio.TaskGroup() as group:
             while True:
                 self._wake.clear()
@@ -356,7 +358,10 @@ class CampaignRunner:
         if found.terminal:
             store.record_event(_terminal_event(found), now, source="lookup")
         else:
-            store.postpone_check(attempt.id, now + self.config.recheck_seconds)
+            # Still live: look again later, less often the longer it lasts (its lease frees the channel
+            # on time regardless).
+            wait = max(self.config.recheck_seconds, now - attempt.created_at)
+            store.postpone_check(attempt.id, now + wait)
 
 
 def _terminal_event(call: CallResource) -> StatusEvent:

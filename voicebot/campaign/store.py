@@ -241,6 +241,11 @@ class CampaignStore(abc.ABC):
     def expire_leases(self, now: float) -> int:
         """Release leases past their expiry (a crashed runner's, or calls whose end went unheard)."""
 
+    @abc.abstractmethod
+    def recheck_open_calls(self, now: float) -> int:
+        """Make every call not known to have ended due for a look-up now (a runner starting up: their
+        callbacks may have come while nobody was listening). Returns how many."""
+
     # --- reading --------------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -649,6 +654,12 @@ class SqliteStore(CampaignStore):
     def expire_leases(self, now: float) -> int:
         with self._transaction() as db:
             return db.execute("DELETE FROM leases WHERE expires_at <= ?", (now,)).rowcount
+
+    def recheck_open_calls(self, now: float) -> int:
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE attempts SET check_after = ? WHERE state = 'dialed' AND check_after > ?", (now, now)
+            ).rowcount
 
     # --- reading --------------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from voicebot.campaign.bucket import TokenBucket
 from voicebot.campaign.contacts import bot_parameters
 from voicebot.campaign.store import Attempt, CampaignStore, Progress
-from voicebot.dialer.api import CallResource, ConnectRequest
+from voicebot.dialer.api import CallResource, ConnectRequest, lower_keys
 from voicebot.dialer.callbacks import StatusEvent
 from voicebot.dialer.client import Dialer
 from voicebot.dialer.config import ExotelConfig
@@ -368,7 +368,7 @@ def _terminal_event(call: CallResource) -> StatusEvent:
     """A terminal ``StatusEvent`` built from a Call Details answer (when the callback never came)."""
     conversation = None
     if call.details is not None:
-        value = call.details.get("ConversationDuration")
+        value = lower_keys(call.details).get("conversationduration")
         conversation = value if isinstance(value, int) else None
     return StatusEvent(
         call_sid=call.sid,

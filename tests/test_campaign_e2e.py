@@ -95,7 +95,7 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
     store = SqliteStore(db)
     store.add_contacts(people, 0.0)
     store.set_policy(
-        Policy(retries=1, retry_delay=0.3, stream_end_grace=0.5, callback_grace=2.0, settle_seconds=1.0)
+        Policy(retries=1, retry_delay=0.3, stream_end_grace=2.0, callback_grace=3.0, settle_seconds=1.0)
     )
     bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
     config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)
@@ -189,7 +189,7 @@ async def test_a_campaign_killed_again_and_again_while_dialling_still_calls_ever
     store = SqliteStore(db)
     store.add_contacts(people, 0.0)
     store.set_policy(
-        Policy(retries=1, retry_delay=0.3, stream_end_grace=0.5, callback_grace=2.0, settle_seconds=1.0)
+        Policy(retries=1, retry_delay=0.3, stream_end_grace=2.0, callback_grace=3.0, settle_seconds=1.0)
     )
     bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
     config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)

@@ -15,6 +15,8 @@ from handlers.collections import CollectionsBot
 from voicebot.campaign.contacts import Contact
 from voicebot.campaign.store import SqliteStore
 from voicebot.config import ServeConfig
+from voicebot.dialer.callbacks import StatusEvent
+from voicebot.dialer.ops import handler_status_callback
 from voicebot.server import Server
 from voicebot.testing import CallReport, FakeExotel, serve_handler
 
@@ -133,3 +135,17 @@ async def test_without_a_campaign_the_bot_still_works(tmp_path: Path) -> None:
         await exotel.wait_closed(TIMEOUT)
         report = exotel.report()
     assert report.ok and report.hung_up_by == "bot"
+
+
+async def test_status_callbacks_reaching_the_bots_server_are_written_to_the_campaign(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "campaign.sqlite")
+    store.add_contacts([CUSTOMER], 0.0)
+    attempt = store.claim(time.time(), channels=1, lease_seconds=600.0, holder="test")
+    assert attempt is not None
+    hook = handler_status_callback(CollectionsBot.using(store.path))
+    assert hook is not None
+    await hook(StatusEvent(call_sid="sid-9", event_type="terminal", status="busy", custom_field=attempt.id))
+    (record,) = store.contacts()
+    assert (record.call_sids, record.status) == (("sid-9",), "busy")
+    assert handler_status_callback(CollectionsBot) is not None  # unbound: accepted, writes nothing
+    await CollectionsBot.on_status(StatusEvent(call_sid="sid-1", event_type="terminal", status="busy"))

@@ -11,7 +11,8 @@ The store's location is given when the class is made, never read at import time:
     async with Server(Bot, config): ...
 
 A handler without a store (``store_path`` None), or a call without a ``job``, works as a plain bot and
-only logs its outcome.
+only logs its outcome. Its ``on_status`` hook writes status events to the store, so the callbacks of a
+campaign may also be pointed at ``serve --ops-port`` servers running the bot.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Self
 from voicebot.call import Call
 from voicebot.campaign.contacts import JOB_PARAMETER
 from voicebot.campaign.store import CampaignStore, SqliteStore
+from voicebot.dialer.callbacks import StatusEvent
 from voicebot.handler import Handler
 
 __all__ = ["CampaignHandler"]
@@ -60,6 +62,18 @@ class CampaignHandler(Handler):
             **attributes,
         }
         return type(cls.__name__, (cls,), namespace)
+
+    @classmethod
+    async def on_status(cls, event: StatusEvent) -> None:
+        """Write a status event to the campaign store, so ``serve --ops-port`` servers can receive a
+        campaign's callbacks too (any of them: the store is shared)."""
+        if cls.store_path is None:
+            return
+        store = SqliteStore(cls.store_path)
+        try:
+            store.record_event(event, cls.clock())
+        finally:
+            store.close()
 
     def job_id(self, call: Call) -> str | None:
         """The campaign attempt this call belongs to (the ``job`` custom parameter), if any."""

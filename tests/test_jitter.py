@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import voicebot.jitter
@@ -784,3 +784,178 @@ def test_any_input_yields_whole_frames_and_bounded_memory(
         due = jb.next_due()
         assert due is None or due == due  # never NaN
     assert all(len(f) == FRAME for f in jb.flush())
+
+
+# A stream that starts in order and then goes wrong in every way the buffer handles, one chunk at a time.
+_PERTURBATIONS = ["next"] * 8 + [
+    "skip",  # lost
+    "repeat",  # sent twice, the copy up to 300 ms later
+    "late",  # arrives after its media was due
+    "overtaken",  # held back just enough for the next chunk to arrive first
+    "restart",  # sequence numbers and timestamps start again from the beginning
+    "noise",  # timestamp off by up to a few ms either way
+    "untimed",
+    "unnumbered",
+    "odd_length",
+    "stall",  # this and every later chunk delayed: the buffer runs dry, then a burst
+    "ahead",  # this and every later chunk sent early: the buffer fills up, maybe beyond its capacity
+    "skewed",  # timestamp off by up to 150 ms either way
+    "jump",  # timestamps jump ahead (a moderate gap or an absurd one)
+]
+
+
+@st.composite
+def perturbed_streams(draw: st.DrawFn) -> tuple[JitterConfig, list[Arrival], list[float]]:
+    config = draw(
+        st.sampled_from(
+            [
+                JitterConfig(),
+                JitterConfig(zero_delay=True),
+                JitterConfig(adaptive=False, min_delay_ms=60, max_delay_ms=60),
+                JitterConfig(max_delay_ms=100, capacity_ms=300, max_gap_ms=400, conceal_ms=20),
+            ]
+        )
+    )
+    count = draw(st.integers(1, 40))
+    audio = speech(count * 150 * 8, draw(st.integers(0, 2**16)))
+    arrivals: list[Arrival] = []
+    pos = seq = ts = 0
+    shift = 0.0
+    for _ in range(count):
+        action = draw(st.sampled_from(_PERTURBATIONS))
+        length = draw(st.integers(1, 150)) * 8 if action == "odd_length" else CHUNK
+        if action == "restart":
+            seq = ts = 0
+        if action == "jump":
+            ts += draw(st.sampled_from([300, 3000]))
+        if action == "stall":
+            shift += draw(st.floats(0.1, 1.5))
+        if action == "ahead":
+            shift -= draw(st.floats(0.1, 1.0))
+        stamp_error = {"noise": 12, "skewed": 150}.get(action, 0)
+        delay = {"late": draw(st.floats(0.1, 1.5)), "overtaken": 0.15}.get(action, 0.0)
+        now = 10.0 + (pos + length) / RATE + 0.003 + shift + delay
+        arrival = Arrival(
+            now=now,
+            samples=audio[pos : pos + length],
+            seq=None if action == "unnumbered" else seq + 2,
+            ts=None if action == "untimed" else ts + draw(st.integers(-stamp_error, stamp_error)),
+        )
+        if action != "skip":
+            arrivals.append(arrival)
+        if action == "repeat":
+            again = now + draw(st.floats(0.0, 0.3))
+            arrivals.append(Arrival(again, arrival.samples, arrival.seq, arrival.ts))
+        pos += length
+        seq += 1
+        ts += length * 1000 // RATE
+    tick = draw(st.sampled_from([0.007, 0.02, 0.05, 0.1]))
+    end = max(a.now for a in arrivals) + 0.3 if arrivals else 10.0
+    ticks = [10.0 + k * tick for k in range(int((end - 10.0) / tick) + 1)]
+    return config, arrivals, ticks
+
+
+def _arrival(samples: Samples, seq: int, ts: int, now: float) -> Arrival:
+    return Arrival(now=now, samples=samples, seq=seq, ts=ts)
+
+
+_AUDIO = speech(6000, seed=7)
+_TICKS = [1.0 + k * 0.02 for k in range(20)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(perturbed_streams(), st.booleans())
+# Partly late chunk, then a late one stamped after it ending short of the newest media, then the next:
+# it continues the late chunk, which is not where the newest media ends.
+@example(
+    (
+        JitterConfig(),
+        [
+            _arrival(_AUDIO[:800], 2, 0, 1.0),
+            _arrival(_AUDIO[800:1160], 3, 100, 1.15),
+            _arrival(_AUDIO[1160:1320], 4, 120, 1.151),
+            _arrival(_AUDIO[1320:], 5, 140, 1.152),
+        ],
+        [1.14, *_TICKS[8:]],
+    ),
+    False,
+)
+# In order, but all at once: beyond the capacity.
+@example(
+    (
+        JitterConfig(max_delay_ms=100, capacity_ms=300),
+        [_arrival(_AUDIO[i * CHUNK : (i + 1) * CHUNK], i + 2, i * 100, 1.0) for i in range(5)],
+        _TICKS,
+    ),
+    False,
+)
+# The newest chunk (stamped back in time) ends at the newest media, but an older one is nearer in time
+# to the next chunk.
+@example(
+    (
+        JitterConfig(),
+        [
+            _arrival(_AUDIO[:800], 2, 0, 1.0),
+            _arrival(_AUDIO[800:1600], 3, 100, 1.1),
+            _arrival(_AUDIO[1600:3200], 4, 60, 1.101),
+            _arrival(_AUDIO[3200:4000], 5, 250, 1.102),
+        ],
+        _TICKS[10:],
+    ),
+    False,
+)
+# Seventy 10 ms chunks at once, which are more than the received spans kept if each had its own, then a
+# duplicate of one of the oldest still held.
+@example(
+    (
+        JitterConfig(),
+        [
+            *(_arrival(_AUDIO[i * 80 : (i + 1) * 80], i + 2, i * 10, 1.0) for i in range(70)),
+            _arrival(_AUDIO[400:480], 7, 50, 1.021),
+        ],
+        _TICKS[1:],
+    ),
+    False,
+)
+# A duplicate, then new media (which ends the run of drops), then another duplicate over a second later.
+@example(
+    (
+        JitterConfig(),
+        [
+            _arrival(_AUDIO[:800], 2, 0, 1.0),
+            _arrival(_AUDIO[800:1600], 3, 100, 1.1),
+            _arrival(_AUDIO[:800], 2, 0, 1.15),
+            _arrival(_AUDIO[1600:2400], 4, 200, 1.2),
+            _arrival(_AUDIO[800:1600], 3, 100, 2.3),
+        ],
+        [1.0 + k * 0.1 for k in range(15)],
+    ),
+    False,
+)
+# A chunk with the next sequence number but the same timestamp as a short one before it.
+@example(
+    (JitterConfig(), [_arrival(_AUDIO[:40], 2, 0, 1.0), _arrival(_AUDIO[40:840], 3, 0, 1.001)], _TICKS),
+    False,
+)
+def test_the_fast_paths_release_the_same_frames_and_count_the_same_as_the_general_path(
+    stream: tuple[JitterConfig, list[Arrival], list[float]], pop_after_push: bool
+) -> None:
+    # The in-order push and the single-span pop have shortcuts; with them switched off every chunk and
+    # every pop goes the general way. Both must agree on everything a caller can see, at every step.
+    config, arrivals, ticks = stream
+    fast, general = JitterBuffer(RATE, config), JitterBuffer(RATE, config)
+    general._disable_fast_paths = True
+    events = sorted([(a.now, 0, a) for a in arrivals] + [(t, 1, None) for t in ticks], key=lambda e: e[:2])
+    for now, _, arrival in events:
+        if arrival is not None:
+            for jb in (fast, general):
+                jb.push(arrival.samples, sequence_number=arrival.seq, timestamp_ms=arrival.ts, now=now)
+        if arrival is None or pop_after_push:
+            fast_frames, general_frames = fast.pop(now), general.pop(now)
+            assert len(fast_frames) == len(general_frames)
+            assert all(np.array_equal(f, g) for f, g in zip(fast_frames, general_frames, strict=True))
+        assert fast.next_due() == general.next_due()
+        assert fast.stats == general.stats
+    fast_rest, general_rest = fast.flush(), general.flush()
+    assert len(fast_rest) == len(general_rest)
+    assert all(np.array_equal(f, g) for f, g in zip(fast_rest, general_rest, strict=True))

@@ -570,9 +570,7 @@ class JitterBuffer:
         records.append(_Placed(seq, ts, high, length))
         self._nominal = length
         if seq is not None:
-            self._max_seq = seq
-            if self._min_seq is None:
-                self._min_seq = seq
+            self._max_seq = seq  # the smallest was set with the newest, and seq is above it
         if self._min_ts is None or ts < self._min_ts:
             self._min_ts = ts
         self._observe_arrival(high, length, now, restarted=False)

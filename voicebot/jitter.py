@@ -324,6 +324,9 @@ class JitterBuffer:
         self._drops_since: float | None = None
         self._ready_since: float | None = None
         self._history: Samples = np.zeros(self._frame, dtype=np.int16)  # the last frame released
+        # Instead, the last frame released may still be in the window, just before the head: the fast pop
+        # path leaves it there, and it is copied out only when needed or about to be overwritten.
+        self._history_in_window = False
         self._gap_start = 0
         self._gap_end = -1  # media position where the current concealment run stopped
         self._gap_source: Samples = self._history
@@ -452,7 +455,7 @@ class JitterBuffer:
             # All of it received, in the newest span: no gaps to conceal, one copy out of the window.
             window_pos = self._window_pos
             block = self._window[head - window_pos : end - window_pos].copy()
-            self._history = block[-frame:].copy()
+            self._history_in_window = True
         else:
             block = self._render(head, end)
         self._head = end
@@ -461,7 +464,7 @@ class JitterBuffer:
         self._spans.prune(end - self._capacity)
         if count == 1:
             return [block]
-        return list(block.reshape(count, frame))
+        return [block[i : i + frame] for i in range(0, count * frame, frame)]
 
     def next_due(self) -> float | None:
         """When :meth:`pop` will next release a frame (may be in the past), or None if never.
@@ -750,7 +753,15 @@ class JitterBuffer:
             self._window[a - self._window_pos : b - self._window_pos] = samples[a - start : b - start]
         self._spans.add(start, end)
 
+    def _settle_history(self) -> None:
+        """Copy the last frame released out of the window, if the fast pop path left it there."""
+        if self._history_in_window:
+            head = self._head - self._window_pos
+            self._history = self._window[head - self._frame : head].copy()
+            self._history_in_window = False
+
     def _rewindow(self, low: int, high: int) -> None:
+        self._settle_history()  # the new window keeps nothing before the head
         needed = max(high, self._high) - low  # the held audio must fit as well as the new chunk
         # Room for about half a second more, so that in-order chunks are appended in place for a while.
         size = max(needed, min(needed + max(needed, self._rate // 2), self._capacity))
@@ -766,6 +777,7 @@ class JitterBuffer:
 
     def _render(self, start: int, end: int) -> Samples:
         """Media ``[start, end)`` from the window, gaps concealed; counts concealed frames."""
+        self._settle_history()
         out = np.empty(end - start, dtype=np.int16)
         parts = self._spans.parts(start, end)
         for a, b in parts:

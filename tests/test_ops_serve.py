@@ -70,6 +70,30 @@ async def test_readyz_follows_the_drain_and_the_ops_port_outlives_the_media_port
     ]
 
 
+async def test_a_handler_whose_on_status_fails_gets_the_event_again_on_exotels_retry() -> None:
+    """The hook runs before the 200: a failed write answers 500, so Exotel's retry is not lost."""
+    attempts: list[str] = []
+
+    class Bot(Handler):
+        @staticmethod
+        async def on_status(event: StatusEvent) -> None:
+            attempts.append(event.call_sid)
+            if len(attempts) == 1:
+                raise OSError("database is locked")
+
+    config = ServeConfig(host="127.0.0.1", port=0, ops_port=0, status_token=TOKEN)
+    async with Server(Bot, config) as server, aiohttp.ClientSession() as session:
+        ops = await start_ops_server(server, config)
+        try:
+            url = ops.url(f"/exotel/status/{TOKEN}")
+            assert await post_json(session, url, TERMINAL) == 500
+            assert await post_json(session, url, TERMINAL) == 200  # Exotel retries a non-2xx
+            assert await post_json(session, url, TERMINAL) == 200  # a duplicate: acknowledged, not rerun
+        finally:
+            await ops.close()
+    assert attempts == [SID, SID]
+
+
 async def test_a_generated_token_is_printed_once_and_works(capsys: pytest.CaptureFixture[str]) -> None:
     config = ServeConfig(host="127.0.0.1", port=0, ops_port=0)
     async with Server(Handler, config) as server, aiohttp.ClientSession() as session:

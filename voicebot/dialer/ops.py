@@ -25,7 +25,10 @@ so they belong to the class, not to one call's instance)::
             if event.terminal:
                 record_outcome(event.custom_field, event.status, event.recording_url)
 
-``serve --ops-port`` registers it; every event the server's status endpoint accepts is passed on.
+``serve --ops-port`` registers it; every event the server's status endpoint accepts is passed on. It
+runs before the 200 (``before_ack``), so what it records is never lost: if it raises or runs past the
+ack timeout, Exotel gets a 500 and its retry delivers the event again. Keep it short (a database
+write); hand long work to a queue.
 """
 
 from __future__ import annotations
@@ -450,7 +453,7 @@ async def start_ops_server(server: Server, config: ServeConfig) -> OpsServer:
     receiver = StatusReceiver(token)
     hook = handler_status_callback(server.handler_class)
     if hook is not None:
-        receiver.add_callback(hook)
+        receiver.add_callback(hook, before_ack=True)
     ops = OpsServer(
         receiver,
         host=config.host,

@@ -324,8 +324,9 @@ class JitterBuffer:
         self._drops_since: float | None = None
         self._ready_since: float | None = None
         self._history: Samples = np.zeros(self._frame, dtype=np.int16)  # the last frame released
-        # Instead, the last frame released may still be in the window, just before the head: the fast pop
-        # path leaves it there, and it is copied out only when needed or about to be overwritten.
+        # When set, _history is stale and the last frame released is the window's frame just before the
+        # head: the fast pop path leaves it there, to be copied out only when read or before the window
+        # is replaced (nothing before the head is written otherwise).
         self._history_in_window = False
         self._gap_start = 0
         self._gap_end = -1  # media position where the current concealment run stopped
@@ -763,7 +764,7 @@ class JitterBuffer:
     def _rewindow(self, low: int, high: int) -> None:
         self._settle_history()  # the new window keeps nothing before the head
         needed = max(high, self._high) - low  # the held audio must fit as well as the new chunk
-        # Room for about half a second more, so that in-order chunks are appended in place for a while.
+        # Room for at least half a second more, so that in-order chunks are appended in place for a while.
         size = max(needed, min(needed + max(needed, self._rate // 2), self._capacity))
         window = np.empty(size, dtype=np.int16)
         keep_from = max(self._window_pos, low, self._head)

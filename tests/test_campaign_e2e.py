@@ -85,9 +85,14 @@ def contacts() -> list[Contact]:
     ]
 
 
-async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_channels_at_most(
-    tmp_path: Path,
-) -> None:
+Setup = tuple[
+    list[Contact], dict[str, Script], Scenarios, Path, SqliteStore, type[CollectionsBot], RunnerConfig
+]
+
+
+def campaign_setup(tmp_path: Path) -> Setup:
+    """The scripted contacts in a fresh store (short retries and graces), the bot bound to it, and
+    runner settings for 3 channels with a bucket that never gets in the way."""
     people = contacts()
     scripts = {contact.number: script for contact, script in zip(people, SCRIPTS, strict=True)}
     scenarios = Scenarios(Scenario(), {number: script.scenario for number, script in scripts.items()})
@@ -99,6 +104,13 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
     )
     bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
     config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)
+    return people, scripts, scenarios, db, store, bot, config
+
+
+async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_channels_at_most(
+    tmp_path: Path,
+) -> None:
+    people, scripts, scenarios, db, store, bot, config = campaign_setup(tmp_path)
     emulator_config = EmulatorConfig(port=0, callback_retry_delay=0.2)
     async with (
         Emulator(emulator_config, scenarios) as emulator,
@@ -182,17 +194,7 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
 async def test_a_campaign_killed_again_and_again_while_dialling_still_calls_everyone_exactly_as_scripted(
     tmp_path: Path,
 ) -> None:
-    people = contacts()
-    scripts = {contact.number: script for contact, script in zip(people, SCRIPTS, strict=True)}
-    scenarios = Scenarios(Scenario(), {number: script.scenario for number, script in scripts.items()})
-    db = tmp_path / "campaign.sqlite"
-    store = SqliteStore(db)
-    store.add_contacts(people, 0.0)
-    store.set_policy(
-        Policy(retries=1, retry_delay=0.3, stream_end_grace=2.0, callback_grace=3.0, settle_seconds=1.0)
-    )
-    bot = CollectionsBot.using(db, silence_timeout=0.4, note_seconds=0.06)
-    config = RunnerConfig(channels=3, rate_per_minute=6000, burst=20, recheck_seconds=0.5, poll_interval=0.1)
+    _, scripts, scenarios, db, store, bot, config = campaign_setup(tmp_path)
     async with (
         Emulator(EmulatorConfig(port=0, callback_retry_delay=0.2), scenarios) as emulator,
         serve_handler(bot, path="/exotel/ws/campaign") as bot_url,

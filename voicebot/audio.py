@@ -187,8 +187,10 @@ def _kaiser_beta(attenuation_db: float) -> float:
 _COEFF_QUANTUM: Final = 2.0**-30
 
 # Input samples one internal step handles at most; longer inputs are processed in steps, which (by the
-# exactness above) changes nothing, and keeps the work buffer of every resampler small.
-_MAX_STEP: Final = 4096
+# exactness above) changes nothing, and keeps the work buffer of every resampler small: 100 ms at the
+# highest rate, so a wire chunk or a tick's worth of bot audio is one step, while a whole prompt played
+# at once no longer grows the buffer of every call that played one (4096 cost ~17 KiB more per call).
+_MAX_STEP: Final = 2400
 _INITIAL_STEP: Final = 1024
 # Outputs computed per row of the window matrix. One output per row makes the strided view copy the
 # whole filter span for every output (a 33-65x blow-up of the input); ~16 per row shares that span

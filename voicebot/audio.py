@@ -378,11 +378,8 @@ class Resampler:
 
     def outputs_for(self, more_input: int) -> int:
         """How many samples :meth:`process` would return for ``more_input`` further input samples."""
-        up, down = self._step_up, self._step_down
-        if up == down:
-            return more_input
-        available = -((-(self._input_count + more_input) * up) // down)
-        return max(0, available - self._output_count)
+        taken = self._input_count
+        return self.output_samples_after(taken + more_input) - self.output_samples_after(taken)
 
     def output_samples_after(self, input_samples: int) -> int:
         """How many samples :meth:`process` returns in total for ``input_samples`` since the last reset."""

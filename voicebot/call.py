@@ -295,7 +295,6 @@ class Call:
         # frame, and resampling once per tick instead of once per frame costs a fifth as much.
         self._held_out: list[Samples] = []
         self._held_out_samples = 0
-        self._held_out_end = 0  # stream position just after the held audio, while there is some
         self._playbacks: deque[Playback] = deque()
         self._playback_numbers = itertools.count(1)
         self._marks: deque[tuple[int, str]] = deque()
@@ -400,10 +399,10 @@ class Call:
             return gone
         if rate == self.handler_rate:
             # Held until the next tick, so copied: the bot may reuse its array once this returns.
-            start = self._held_out_end if self._held_out_samples else outbound.pushed_samples
+            start = self._stream_position()
             self._held_out.append(pcm.copy() if pcm is samples or pcm.base is not None else pcm)
             self._held_out_samples += len(pcm)
-            end = self._held_out_end = self._stream_position()
+            end = self._stream_position()
         else:
             self._release_held_out(self._loop.time())
             one_off = Resampler(rate, self.stream_rate)

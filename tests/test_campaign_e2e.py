@@ -107,6 +107,24 @@ def campaign_setup(tmp_path: Path) -> Setup:
     return people, scripts, scenarios, db, store, bot, config
 
 
+def dial_settings(bot_url: str, port: int) -> DialSettings:
+    """What every dial sends: the bot's stream URL, and callbacks to the runner's receiver on ``port``."""
+    return DialSettings(
+        caller_id=EXOPHONE,
+        stream_url=bot_url,
+        status_callback=f"http://127.0.0.1:{port}/exotel/status/{TOKEN}",
+        time_limit=30,
+        time_out=5,
+        lease_margin=5.0,
+    )
+
+
+async def free_ops_port() -> int:
+    """A port for the runner's callback receiver: the status URL must name it before it is bound."""
+    async with OpsServer(StatusReceiver(TOKEN)) as probe:
+        return probe.port
+
+
 async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_channels_at_most(
     tmp_path: Path,
 ) -> None:
@@ -133,22 +151,11 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
             if any(same_number(call.to, lost) for call in emulator.calls.values()):
                 half_way.set()
 
-        def settings(port: int) -> DialSettings:
-            return DialSettings(
-                caller_id=EXOPHONE,
-                stream_url=bot_url,
-                status_callback=f"http://127.0.0.1:{port}/exotel/status/{TOKEN}",
-                time_limit=30,
-                time_out=5,
-                lease_margin=5.0,
-            )
-
-        # The status URL must name the ops server's port before it is bound: reserve one first.
-        async with OpsServer(StatusReceiver(TOKEN)) as probe:
-            port = probe.port
+        port = await free_ops_port()
+        settings = dial_settings(bot_url, port)
         first = asyncio.create_task(
             run_campaign(
-                store, exotel, settings(port), config, receiver=StatusReceiver(TOKEN), port=port,
+                store, exotel, settings, config, receiver=StatusReceiver(TOKEN), port=port,
                 on_progress=progress, on_started=started,
             )
         )  # fmt: skip
@@ -163,7 +170,7 @@ async def test_a_campaign_survives_a_restart_with_every_outcome_right_and_three_
 
         async with asyncio.timeout(TIMEOUT):
             final = await run_campaign(
-                SqliteStore(db), exotel, settings(port), config, receiver=StatusReceiver(TOKEN), port=port,
+                SqliteStore(db), exotel, settings, config, receiver=StatusReceiver(TOKEN), port=port,
                 on_started=started,
             )  # fmt: skip
         async with asyncio.timeout(TIMEOUT):
@@ -199,16 +206,8 @@ async def test_a_campaign_killed_again_and_again_while_dialling_still_calls_ever
         Emulator(EmulatorConfig(port=0, callback_retry_delay=0.2), scenarios) as emulator,
         serve_handler(bot, path="/exotel/ws/campaign") as bot_url,
     ):
-        async with OpsServer(StatusReceiver(TOKEN)) as probe:
-            port = probe.port
-        settings = DialSettings(
-            caller_id=EXOPHONE,
-            stream_url=bot_url,
-            status_callback=f"http://127.0.0.1:{port}/exotel/status/{TOKEN}",
-            time_limit=30,
-            time_out=5,
-            lease_margin=5.0,
-        )
+        port = await free_ops_port()
+        settings = dial_settings(bot_url, port)
         exotel = emulator.exotel_config(request_timeout=2.0)
         # Each runner is killed the moment it has just claimed contacts and started dialling them: its
         # dial requests are unsent or in flight, their answers unrecorded.

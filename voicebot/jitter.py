@@ -532,13 +532,8 @@ class JitterBuffer:
         """
         if self._disable_fast_paths:
             return False
-        records = self._records
-        rising = self._rising_run
-        if not rising or rising != len(records):
-            return False
-        ref = records[-1]
-        ref_ts = ref.timestamp_ms
-        if ref_ts is None or ts <= ref_ts:
+        ref = self._newest_if_nearest(ts)
+        if ref is None:
             return False
         max_seq = self._max_seq
         if seq is not None and (max_seq is None or seq != max_seq + 1):
@@ -548,14 +543,7 @@ class JitterBuffer:
         end = high + length
         if high < head or end - head > self._capacity or ref.start + ref.length != high:
             return False
-        # _place snaps to the reference's end within this tolerance.
-        raw = ref.start + _round_half_up((ts - ref_ts) * self._rate / 1000)
-        tolerance = self._slack
-        if seq is not None and ref.sequence_number is not None and seq - ref.sequence_number == 1:
-            half = min(length, ref.length) // _ADJACENT_SNAP_FRACTION
-            if half > tolerance:
-                tolerance = half
-        if abs(raw - high) > tolerance:
+        if self._timed_position(ref, length, seq, ts) != high:
             return False
 
         window_pos = self._window_pos
@@ -570,8 +558,9 @@ class JitterBuffer:
             spans.append((high, end))
         self._drops_since = None
         self._high = end
+        rising = self._rising_run
         self._rising_run = rising + 1 if rising < _RECORDS_KEPT else _RECORDS_KEPT
-        records.append(_Placed(seq, ts, high, length))
+        self._records.append(_Placed(seq, ts, high, length))
         self._nominal = length
         if seq is not None:
             self._max_seq = seq  # the smallest was set with the newest, and seq is above it
@@ -610,11 +599,20 @@ class JitterBuffer:
             self._rising_run = 1
         records.append(record)
 
-    def _nearest_in_time(self, ts: int) -> _Placed | None:
-        """The record whose timestamp is nearest ``ts`` (the earlier one on a tie), if any has one."""
+    def _newest_if_nearest(self, ts: int) -> _Placed | None:
+        """The newest record, if every kept record's timestamp rises and ``ts`` is later than all of
+        them: it is then the unique nearest in time, found without a scan. None otherwise."""
         records = self._records
         if records and self._rising_run == len(records) and ts > _known(records[-1].timestamp_ms):
             return records[-1]
+        return None
+
+    def _nearest_in_time(self, ts: int) -> _Placed | None:
+        """The record whose timestamp is nearest ``ts`` (the earlier one on a tie), if any has one."""
+        newest = self._newest_if_nearest(ts)
+        if newest is not None:
+            return newest
+        records = self._records
         timed = [r for r in records if r.timestamp_ms is not None]
         if not timed:
             return None
@@ -625,21 +623,7 @@ class JitterBuffer:
         if ts is not None:
             ref = self._nearest_in_time(ts)
             if ref is not None:
-                ref_ts = _known(ref.timestamp_ms)
-                raw = ref.start + _round_half_up((ts - ref_ts) * self._rate / 1000)
-                tolerance = self._slack
-                if seq is not None and ref.sequence_number is not None:
-                    step = seq - ref.sequence_number
-                    if (step == 1 and ts > ref_ts) or (step == -1 and ts < ref_ts):
-                        half = min(length, ref.length) // _ADJACENT_SNAP_FRACTION
-                        tolerance = max(tolerance, half)
-                if ts == ref_ts:
-                    return ref.start
-                if ts > ref_ts and abs(raw - (ref.start + ref.length)) <= tolerance:
-                    return ref.start + ref.length
-                if ts < ref_ts and abs(raw + length - ref.start) <= tolerance:
-                    return ref.start - length
-                return raw
+                return self._timed_position(ref, length, seq, ts)
         if seq is not None:
             numbered = [r for r in self._records if r.sequence_number is not None]
             if numbered:
@@ -654,6 +638,26 @@ class JitterBuffer:
                     return ref.start + (step + 1) * self._nominal - length
                 return ref.start
         return None
+
+    def _timed_position(self, ref: _Placed, length: int, seq: int | None, ts: int) -> int:
+        """Where a chunk stamped ``ts`` goes, from the reference ``ref`` (which has a timestamp): its
+        timestamp's offset, snapped to ``ref``'s edge when within the slack (half the shorter chunk
+        for adjacent sequence numbers)."""
+        ref_ts = _known(ref.timestamp_ms)
+        raw = ref.start + _round_half_up((ts - ref_ts) * self._rate / 1000)
+        tolerance = self._slack
+        if seq is not None and ref.sequence_number is not None:
+            step = seq - ref.sequence_number
+            if (step == 1 and ts > ref_ts) or (step == -1 and ts < ref_ts):
+                half = min(length, ref.length) // _ADJACENT_SNAP_FRACTION
+                tolerance = max(tolerance, half)
+        if ts == ref_ts:
+            return ref.start
+        if ts > ref_ts and abs(raw - (ref.start + ref.length)) <= tolerance:
+            return ref.start + ref.length
+        if ts < ref_ts and abs(raw + length - ref.start) <= tolerance:
+            return ref.start - length
+        return raw
 
     def _must_resync(self, start: int, length: int, seq: int | None, ts: int | None) -> bool:
         end = start + length

@@ -328,11 +328,9 @@ def _parse_documented_media(text: str, encoding: Encoding) -> Media | None:
     if head is None or not text.endswith('"}}'):
         return None
     try:
-        data = binascii.a2b_base64(text[head.end() : payload_end], strict_mode=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
+        data = _decode_payload(text[head.end() : payload_end], encoding)
+    except RemoteProtocolError:  # the tolerant reader words the error
         return None
-    if encoding is Encoding.PCM16 and len(data) % 2:
-        data = data[:-1]
     seq_quoted, seq_bare, chunk_quoted, chunk_bare, timestamp_quoted, timestamp_bare = head.groups()
     return Media(
         int(seq_quoted or seq_bare),

@@ -859,3 +859,61 @@ def test_a_real_time_producer_keeps_its_cushion_after_the_start(
     assert stream.pacer.underruns == 0
     assert stream.padded_chunks <= 1  # only the tail, if any
     np.testing.assert_array_equal(content(drive.sent())[: len(source)], source)
+
+
+def _echo_bursts(rate: int, jitter_ms: int, seconds: float = 6.0) -> list[tuple[float, np.ndarray]]:
+    """A real-time producer: Exotel's 100 ms of audio at a time, a little late at times."""
+    burst = rate // 10
+    source = audio(int(rate * seconds), seed=4)
+    lateness = np.random.default_rng(6).uniform(0.0, jitter_ms / 1000, size=len(source) // burst)
+    return [((k + 1) * 0.1 + late, source[k * burst : (k + 1) * burst]) for k, late in enumerate(lateness)]
+
+
+def _drive_by_wakeups(
+    stream: OutboundStream, bursts: list[tuple[float, np.ndarray]], *, settle: bool
+) -> tuple[list[tuple[float, OutboundChunk]], int]:
+    """Push each burst as five frames, then either poll at once (``settle=False``) or ``settle`` and
+    poll only when that says; afterwards poll whenever ``next_wakeup`` says. Returns each chunk with
+    its send time, and how many polls handed out nothing."""
+    sent: list[tuple[float, OutboundChunk]] = []
+    empty_polls = 0
+    wake: float | None = None
+
+    def poll(now: float) -> float | None:
+        nonlocal empty_polls
+        items = stream.poll(now)
+        sent.extend((now, item) for item in items if isinstance(item, OutboundChunk))
+        empty_polls += not items
+        return stream.next_wakeup(now)
+
+    for at, samples in bursts:
+        while wake is not None and wake <= at:
+            wake = poll(wake)
+        for frame in np.array_split(samples, 5):
+            stream.push(frame, at)
+        wake = stream.settle(at) if settle else poll(at)
+        if wake is not None and wake <= at:
+            wake = poll(at)
+    while wake is not None:
+        wake = poll(wake)
+    return sent, empty_polls
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("jitter_ms", [0, 15])
+def test_settle_lets_a_producer_skip_polls_without_changing_what_is_sent(rate: int, jitter_ms: int) -> None:
+    """The writer releases a bot's burst of plays, calls ``settle`` and wakes only at the time it
+    returns: the chunks, their audio and their send times are exactly those of polling after every
+    burst, while far fewer polls come up empty."""
+    bursts = _echo_bursts(rate, jitter_ms)
+    polled, polled_empty = _drive_by_wakeups(OutboundStream(rate), bursts, settle=False)
+    settled, settled_empty = _drive_by_wakeups(OutboundStream(rate), bursts, settle=True)
+    assert [(at, chunk.start, chunk.audio_samples) for at, chunk in settled] == [
+        (at, chunk.start, chunk.audio_samples) for at, chunk in polled
+    ]
+    np.testing.assert_array_equal(
+        content([chunk for _, chunk in settled]), content([chunk for _, chunk in polled])
+    )
+    if OutboundStream(rate).plan.chunk_samples > rate // 10:  # 200 ms chunks at 8 kHz: bursts that only add
+        assert polled_empty >= len(bursts) // 2 - 2
+    assert settled_empty <= 2

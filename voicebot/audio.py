@@ -378,8 +378,11 @@ class Resampler:
 
     def outputs_for(self, more_input: int) -> int:
         """How many samples :meth:`process` would return for ``more_input`` further input samples."""
-        taken = self._input_count
-        return self.output_samples_after(taken + more_input) - self.output_samples_after(taken)
+        if self._step_up == self._step_down:
+            return more_input
+        # _output_count is max(delay, ceil(taken·L/M)): the difference of two output_samples_after.
+        ahead = -((-(self._input_count + more_input) * self._step_up) // self._step_down)
+        return ahead - self._output_count if ahead > self._output_count else 0
 
     def output_samples_after(self, input_samples: int) -> int:
         """How many samples :meth:`process` returns in total for ``input_samples`` since the last reset."""

@@ -232,13 +232,22 @@ class _InboundQueue:
         self._audio.clear()
         return count
 
+    def get_nowait(self) -> CallEvent | None:
+        """The next event, or None if there is none yet."""
+        if self._control:
+            if not self._audio or self._control[0][0] < self._audio[0][0]:
+                return self._control.popleft()[1]
+        elif not self._audio:
+            return None
+        return self._audio.popleft()[1]
+
     async def get(self) -> CallEvent:
         while not (self._audio or self._control):
             self._ready.clear()
             await self._ready.wait()
-        if self._control and (not self._audio or self._control[0][0] < self._audio[0][0]):
-            return self._control.popleft()[1]
-        return self._audio.popleft()[1]
+        event = self.get_nowait()
+        assert event is not None
+        return event
 
 
 class Call:
@@ -295,6 +304,8 @@ class Call:
         # frame, and resampling once per tick instead of once per frame costs a fifth as much.
         self._held_out: list[Samples] = []
         self._held_out_samples = 0
+        # Releases the held audio once the bot's current burst of plays is over (see play_nowait).
+        self._release_handle: asyncio.Handle | None = None
         self._playbacks: deque[Playback] = deque()
         self._playback_numbers = itertools.count(1)
         self._marks: deque[tuple[int, str]] = deque()
@@ -373,8 +384,11 @@ class Call:
         return self._events()
 
     async def _events(self) -> AsyncIterator[CallEvent]:
+        queue = self._queue
         while True:
-            event = await self._queue.get()
+            # Frames come in bursts (one wire chunk is several frames): take what is there without
+            # suspending, and wait only when the queue is empty.
+            event = queue.get_nowait() or await queue.get()
             yield event
             if isinstance(event, CallEnded):
                 return
@@ -403,16 +417,18 @@ class Call:
             self._held_out.append(pcm.copy() if pcm is samples or pcm.base is not None else pcm)
             self._held_out_samples += len(pcm)
             end = self._stream_position()
+            if self._release_handle is None:
+                self._release_handle = self._loop.call_soon(self._release_after_burst)
         else:
             self._release_held_out(self._loop.time())
             one_off = Resampler(rate, self.stream_rate)
             start = outbound.pushed_samples
             outbound.push(np.concatenate([one_off.process(pcm), one_off.flush()]), self._loop.time())
             end = outbound.pushed_samples
+            self._wake()
         playback = Playback(self, next(self._playback_numbers), start, end, len(pcm) / rate)
         self.stats.playbacks += 1
         self._playbacks.append(playback)
-        self._wake()
         return playback
 
     async def play(self, samples: npt.ArrayLike, *, sample_rate: int | None = None) -> Playback:
@@ -549,6 +565,9 @@ class Call:
             return
         self._flush_inbound()
         self._ended = CallEnded(reason)
+        if self._release_handle is not None:
+            self._release_handle.cancel()
+            self._release_handle = None
         self._queue.put_control(self._ended)
         self._started.set()
         self._interrupt_playbacks(self._played_samples())
@@ -747,6 +766,23 @@ class Call:
         self._held_out_samples = 0
         self._outbound.push(self._out_resampler.process(audio), now)
         assert self._outbound.pushed_samples == expected_end, "playback positions went wrong"
+
+    def _release_after_burst(self) -> None:
+        """Resample what the bot played since the last release and let the pacer decide when to send.
+
+        Runs once per burst of plays (an echo bot plays five frames per wire chunk), after the
+        burst. The ticker is woken only for when something may go: a real-time producer's burst
+        usually just adds to a pending chunk, and then no tick is spent on it.
+        """
+        self._release_handle = None
+        outbound = self._outbound
+        if outbound is None or self._ended is not None:
+            return
+        now = self._loop.time()
+        self._release_held_out(now)
+        due = outbound.settle(now)
+        if due is not None:
+            self._ticker.schedule(self, due)
 
     def _flush_out_resampler(self, playback: Playback) -> None:
         """Push the resampler's held tail so that ``playback`` is complete in the outbound stream."""

@@ -708,6 +708,21 @@ class OutboundStream:
         self._refresh_due()
         return items
 
+    def settle(self, now: float) -> float | None:
+        """Make the decisions a :meth:`poll` at ``now`` makes before handing anything out (stamp audio
+        pushed without a time, decide whether an utterance starts) and return :meth:`next_wakeup`.
+
+        A producer that has just pushed can call this instead of polling at once: when it returns a
+        time after ``now``, nothing may be sent before then, and a poll at that time gives the same
+        result as polling now and then.
+        """
+        if self._unstamped:
+            self._stamp(now)
+        if self._utterance_undecided:
+            self._decide_utterance(now)
+        self._refresh_due()
+        return self.next_wakeup(now)
+
     def next_wakeup(self, now: float) -> float | None:
         """When :meth:`poll` will next have something to hand out (``now`` if already due), or None
         when nothing is pending. Valid until the next push, mark, poll or clear."""

@@ -942,18 +942,29 @@ def test_the_fast_paths_release_the_same_frames_and_count_the_same_as_the_genera
 ) -> None:
     # The in-order push and the single-span pop have shortcuts; with them switched off every chunk and
     # every pop goes the general way. Both must agree on everything a caller can see, at every step.
+    # A third buffer is read with pop_audio, which must give the same frames back to back.
     config, arrivals, ticks = stream
-    fast, general = JitterBuffer(RATE, config), JitterBuffer(RATE, config)
+    fast, general, streamed = (
+        JitterBuffer(RATE, config),
+        JitterBuffer(RATE, config),
+        JitterBuffer(RATE, config),
+    )
     general._disable_fast_paths = True
     events = sorted([(a.now, 0, a) for a in arrivals] + [(t, 1, None) for t in ticks], key=lambda e: e[:2])
     for now, _, arrival in events:
         if arrival is not None:
-            for jb in (fast, general):
+            for jb in (fast, general, streamed):
                 jb.push(arrival.samples, sequence_number=arrival.seq, timestamp_ms=arrival.ts, now=now)
         if arrival is None or pop_after_push:
             fast_frames, general_frames = fast.pop(now), general.pop(now)
             assert len(fast_frames) == len(general_frames)
             assert all(np.array_equal(f, g) for f, g in zip(fast_frames, general_frames, strict=True))
+            block = streamed.pop_audio(now)
+            if fast_frames:
+                assert block is not None
+                np.testing.assert_array_equal(block, np.concatenate(fast_frames))
+            else:
+                assert block is None
         assert fast.next_due() == general.next_due()
         assert fast.stats == general.stats
     fast_rest, general_rest = fast.flush(), general.flush()

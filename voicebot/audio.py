@@ -52,6 +52,17 @@ _INT16_MIN: Final = -32768.0
 _INT16_MAX: Final = 32767.0
 
 
+def _constant(value: float) -> npt.NDArray[np.float64]:
+    array = np.array(value)
+    array.flags.writeable = False
+    return array
+
+
+# As 0-d arrays, the clipping bounds skip numpy's conversion of a Python scalar on every call.
+_INT16_MIN_ARRAY: Final = _constant(_INT16_MIN)
+_INT16_MAX_ARRAY: Final = _constant(_INT16_MAX)
+
+
 def _require_samples(samples: object, name: str) -> Samples:
     """Return ``samples`` if it is a 1-D int16 array, else raise naming the parameter and the rule."""
     if not isinstance(samples, np.ndarray):
@@ -463,8 +474,8 @@ class Resampler:
         offset = first - first_block * up
         result = outputs[offset : offset + available - first]
         np.rint(result, out=result)
-        np.minimum(result, _INT16_MAX, out=result)
-        np.maximum(result, _INT16_MIN, out=result)
+        np.minimum(result, _INT16_MAX_ARRAY, out=result)
+        np.maximum(result, _INT16_MIN_ARRAY, out=result)
         self._output_count = available
         self._start = start + (available // up - first_block) * down
         self._end = end
@@ -522,11 +533,13 @@ class FrameSplitter:
                 return frames
             frames.append(self._partial.copy())
             self._pending = 0
-        whole = remaining.shape[0] // size
-        if whole:
-            frames.extend(remaining[: whole * size].reshape(whole, size).copy())
-        rest = remaining.shape[0] - whole * size
-        self._partial[:rest] = remaining[whole * size :]
+        framed = remaining.shape[0] // size * size
+        if framed:
+            block = remaining[:framed].copy()  # one copy for all the frames, sliced into views of it
+            frames += [block[start : start + size] for start in range(0, framed, size)]
+        rest = remaining.shape[0] - framed
+        if rest:
+            self._partial[:rest] = remaining[framed:]
         self._pending = rest
         return frames
 

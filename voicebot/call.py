@@ -645,15 +645,14 @@ class Call:
         self._jitter.push(
             samples, sequence_number=media.sequence_number, timestamp_ms=media.timestamp, now=now
         )
-        self._deliver(self._jitter.pop(now))
+        self._deliver(self._jitter.pop_audio(now))
         due = self._jitter.next_due()
         if due is not None:
             self._ticker.schedule(self, due)
 
-    def _deliver(self, frames: list[Samples]) -> None:
-        if not frames or self._in_resampler is None:
+    def _deliver(self, audio: Samples | None) -> None:
+        if audio is None or self._in_resampler is None:
             return
-        audio = frames[0] if len(frames) == 1 else np.concatenate(frames)
         self._deliver_at_handler_rate(self._in_resampler.process(audio))
 
     def _deliver_at_handler_rate(self, audio: Samples) -> None:
@@ -666,7 +665,9 @@ class Call:
     def _flush_inbound(self) -> None:
         if self._jitter is None or self._in_resampler is None:
             return
-        self._deliver(self._jitter.flush())
+        frames = self._jitter.flush()
+        if frames:
+            self._deliver(np.concatenate(frames))
         self._deliver_at_handler_rate(self._in_resampler.flush())
         last = self._splitter.flush(pad=True)
         if last is not None:
@@ -701,7 +702,7 @@ class Call:
         if self._ended is not None and self._closing_reason is not None:
             return None
         if self._jitter is not None and self._ended is None:
-            self._deliver(self._jitter.pop(now))
+            self._deliver(self._jitter.pop_audio(now))
         next_deadline = self._jitter.next_due() if self._jitter is not None else None
         if self._outbound is None or self._protocol.state is not StreamState.STREAMING:
             return next_deadline

@@ -439,8 +439,21 @@ class JitterBuffer:
         Frames whose media is missing are concealed. The returned arrays are a fresh copy (or views of
         one) that the buffer never touches again.
         """
-        if not self._started:
+        block = self.pop_audio(now)
+        if block is None:
             return []
+        frame = self._frame
+        if len(block) == frame:
+            return [block]
+        return [block[i : i + frame] for i in range(0, len(block), frame)]
+
+    def pop_audio(self, now: float) -> Samples | None:
+        """What :meth:`pop` returns, as one fresh array (the frames back to back), or None if none is due.
+
+        For a consumer that processes the audio as a stream rather than frame by frame.
+        """
+        if not self._started:
+            return None
         head = self._head
         frame = self._frame
         if self._zero_delay:
@@ -449,7 +462,7 @@ class JitterBuffer:
             horizon = (now + _DUE_SLACK_S - self._offset) * self._rate
             count = math.floor((horizon - head) / frame) + 1 if horizon >= head else 0
         if count <= 0:
-            return []
+            return None
         end = head + count * frame
         spans = self._spans._spans
         if spans and spans[-1][0] <= head and end <= spans[-1][1] and not self._disable_fast_paths:
@@ -463,9 +476,7 @@ class JitterBuffer:
         self._released_any = True
         self._ready_since = None
         self._spans.prune(end - self._capacity)
-        if count == 1:
-            return [block]
-        return [block[i : i + frame] for i in range(0, count * frame, frame)]
+        return block
 
     def next_due(self) -> float | None:
         """When :meth:`pop` will next release a frame (may be in the past), or None if never.

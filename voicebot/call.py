@@ -210,39 +210,59 @@ class _InboundQueue:
 
     def __init__(self, max_audio: int) -> None:
         self._max_audio = max_audio
-        self._audio: deque[tuple[int, AudioFrame]] = deque()
-        self._control: deque[tuple[int, Dtmf | CallEnded]] = deque()
-        self._order = itertools.count()
+        self._events: deque[CallEvent] = deque()
+        self._audio = 0  # frames among _events
         self._ready = asyncio.Event()
         self.dropped = 0
 
-    def put_audio(self, frame: AudioFrame) -> None:
-        if len(self._audio) >= self._max_audio:
-            self._audio.popleft()
-            self.dropped += 1
-        self._audio.append((next(self._order), frame))
+    def put_frames(self, frames: list[AudioFrame]) -> None:
+        events = self._events
+        events.extend(frames)
+        self._audio += len(frames)
+        if self._audio > self._max_audio:
+            self._drop_oldest(self._audio - self._max_audio)
         self._ready.set()
 
     def put_control(self, event: Dtmf | CallEnded) -> None:
-        self._control.append((next(self._order), event))
+        self._events.append(event)
         self._ready.set()
 
+    def _drop_oldest(self, count: int) -> None:
+        events = self._events
+        while count and type(events[0]) is AudioFrame:  # the usual case: audio at the front
+            events.popleft()
+            count -= 1
+            self._audio -= 1
+            self.dropped += 1
+        if count:  # control events before the oldest audio: keep them, in place
+            kept: deque[CallEvent] = deque()
+            for event in events:
+                if count and type(event) is AudioFrame:
+                    count -= 1
+                    self._audio -= 1
+                    self.dropped += 1
+                else:
+                    kept.append(event)
+            self._events = kept
+
     def drop_audio(self) -> int:
-        count = len(self._audio)
-        self._audio.clear()
+        count = self._audio
+        if count:
+            self._events = deque(event for event in self._events if type(event) is not AudioFrame)
+            self._audio = 0
         return count
 
     def get_nowait(self) -> CallEvent | None:
         """The next event, or None if there is none yet."""
-        if self._control:
-            if not self._audio or self._control[0][0] < self._audio[0][0]:
-                return self._control.popleft()[1]
-        elif not self._audio:
+        if not self._events:
             return None
-        return self._audio.popleft()[1]
+        event = self._events.popleft()
+        if type(event) is AudioFrame:
+            self._audio -= 1
+        return event
 
     async def get(self) -> CallEvent:
-        while not (self._audio or self._control):
+        while not self._events:
             self._ready.clear()
             await self._ready.wait()
         event = self.get_nowait()
@@ -656,9 +676,12 @@ class Call:
         self._deliver_at_handler_rate(self._in_resampler.process(audio))
 
     def _deliver_at_handler_rate(self, audio: Samples) -> None:
-        for samples in self._splitter.push(audio):
-            self._queue.put_audio(AudioFrame(samples, self.handler_rate, self._frames_delivered))
-            self._frames_delivered += 1
+        pieces = self._splitter.push(audio)
+        if not pieces:
+            return
+        rate, first = self.handler_rate, self._frames_delivered
+        self._queue.put_frames([AudioFrame(samples, rate, first + k) for k, samples in enumerate(pieces)])
+        self._frames_delivered = first + len(pieces)
         self.stats.frames_in = self._frames_delivered
         self.stats.frames_dropped = self._queue.dropped
 

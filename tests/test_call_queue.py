@@ -1,0 +1,53 @@
+"""The handler's inbound queue: arrival order, oldest audio dropped when full, control never dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voicebot.call import AudioFrame, CallEnded, _InboundQueue
+from voicebot.events import Dtmf
+
+
+def frames(first: int, count: int) -> list[AudioFrame]:
+    return [AudioFrame(np.zeros(160, dtype=np.int16), 8000, index) for index in range(first, first + count)]
+
+
+def drain(queue: _InboundQueue) -> list[object]:
+    out = []
+    while (event := queue.get_nowait()) is not None:
+        out.append(event.index if isinstance(event, AudioFrame) else event)
+    return out
+
+
+async def test_events_come_out_in_arrival_order() -> None:
+    queue = _InboundQueue(max_audio=10)
+    press = Dtmf(digit="5")
+    queue.put_frames(frames(0, 2))
+    queue.put_control(press)
+    queue.put_frames(frames(2, 1))
+    assert drain(queue) == [0, 1, press, 2]
+    assert queue.dropped == 0
+
+
+async def test_a_full_queue_drops_the_oldest_audio_and_keeps_control_events_in_place() -> None:
+    queue = _InboundQueue(max_audio=3)
+    press, end = Dtmf(digit="#"), CallEnded("callended")
+    queue.put_control(press)
+    queue.put_frames(frames(0, 2))
+    queue.put_frames(frames(2, 3))  # 5 frames for 3 places: 0 and 1 go, behind the DTMF
+    queue.put_control(end)
+    queue.put_frames(frames(5, 1))  # and now 2
+    assert drain(queue) == [press, 3, 4, end, 5]
+    assert queue.dropped == 3
+
+
+async def test_drop_audio_forgets_frames_but_not_control_events() -> None:
+    queue = _InboundQueue(max_audio=10)
+    press = Dtmf(digit="1")
+    queue.put_frames(frames(0, 2))
+    queue.put_control(press)
+    queue.put_frames(frames(2, 2))
+    assert queue.drop_audio() == 4
+    queue.put_frames(frames(4, 1))
+    assert drain(queue) == [press, 4]
+    assert queue.drop_audio() == 0

@@ -432,11 +432,13 @@ class Call:
             gone._complete(0.0, interrupted=True, confirmed=False)
             return gone
         if rate == self.handler_rate:
-            # Held until the next tick, so copied: the bot may reuse its array once this returns.
-            start = self._stream_position()
+            # Positions as _stream_position() gives them before and after this audio is held.
+            pushed, held, count = outbound.pushed_samples, self._held_out_samples, len(pcm)
+            start = pushed + resampler.outputs_for(held)
+            end = pushed + resampler.outputs_for(held + count)
+            # Held until the burst is over, so copied: the bot may reuse its array once this returns.
             self._held_out.append(pcm.copy() if pcm is samples or pcm.base is not None else pcm)
-            self._held_out_samples += len(pcm)
-            end = self._stream_position()
+            self._held_out_samples = held + count
             if self._release_handle is None:
                 self._release_handle = self._loop.call_soon(self._release_after_burst)
         else:

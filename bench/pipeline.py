@@ -190,9 +190,15 @@ async def _run_calls(handler_spec: str, calls: int, seconds: float) -> dict[str,
     ticker_task = asyncio.create_task(ticker.run())
     payload = _payload()
     stubs = [StubConnection(loop) for _ in range(calls)]
+    try:  # shared by every call, as the server does (checkouts before it have no workspace)
+        from voicebot.audio import ResamplerWorkspace
+
+        shared: dict[str, Any] = {"workspace": ResamplerWorkspace()}
+    except ImportError:
+        shared = {}
     pipelines = [
-        Call(cast(Any, stub), handler_class(), ticker, url_rate=RATE, lead=0.4) for stub in stubs
-    ]  # fmt: skip
+        Call(cast(Any, stub), handler_class(), ticker, url_rate=RATE, lead=0.4, **shared) for stub in stubs
+    ]
     runs = [asyncio.create_task(call.run()) for call in pipelines]
     chunks = round(seconds / CHUNK_SECONDS)
     # Calls start spread over one chunk, as real calls do not all arrive in the same millisecond.

@@ -30,6 +30,7 @@ with warnings.catch_warnings():
 __all__ = [
     "FrameSplitter",
     "Resampler",
+    "ResamplerWorkspace",
     "Samples",
     "decode",
     "encode",
@@ -198,11 +199,9 @@ def _kaiser_beta(attenuation_db: float) -> float:
 _COEFF_QUANTUM: Final = 2.0**-30
 
 # Input samples one internal step handles at most; longer inputs are processed in steps, which (by the
-# exactness above) changes nothing, and keeps the work buffer of every resampler small: 100 ms at the
-# highest rate, so a wire chunk or a tick's worth of bot audio is one step, while a whole prompt played
-# at once no longer grows the buffer of every call that played one (4096 cost ~17 KiB more per call).
+# exactness above) changes nothing, and bounds the shared work buffer: 100 ms at the highest rate, so
+# a wire chunk or a burst of bot audio is one step.
 _MAX_STEP: Final = 2400
-_INITIAL_STEP: Final = 1024
 # Outputs computed per row of the window matrix. One output per row makes the strided view copy the
 # whole filter span for every output (a 33-65x blow-up of the input); ~16 per row shares that span
 # between neighbours and gives BLAS a matrix instead of a vector. Measured 2-4x faster per call.
@@ -275,6 +274,44 @@ def _read_only(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return array
 
 
+class ResamplerWorkspace:
+    """Work buffers that resamplers can share: one per filter design, reused by every step.
+
+    A step copies its resampler's short history and the new input to the front of a buffer, works
+    there, and copies the new history back, so nothing in the buffer outlives a step. A server gives
+    one workspace to every resampler it runs: with hundreds of calls that is one hot buffer per rate
+    pair instead of hundreds of mostly cold ones (~10 % less time per step with 400 resamplers), and
+    ~10-20 KiB less memory per resampler. Share a workspace only between resamplers used from one
+    thread; a resampler given none gets its own.
+    """
+
+    __slots__ = ("_by_design",)
+
+    def __init__(self) -> None:
+        self._by_design: dict[
+            tuple[int, int, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+        ] = {}
+
+    def rows(
+        self, key: tuple[int, int, int], row_span: int, stride: int, needed: int
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """A buffer of at least ``needed`` samples and its strided view of rows (one every ``stride``)."""
+        found = self._by_design.get(key)
+        if found is not None and found[0].shape[0] >= needed:
+            return found
+        capacity = max(needed, 2 * found[0].shape[0] if found is not None else 0)
+        # Zeros, and only finite samples after: the last row of a step may read past the input it was
+        # given, where a zero coefficient times a stale finite sample adds exactly 0.
+        buffer = np.zeros(capacity)
+        item = buffer.itemsize
+        rows: npt.NDArray[np.float64] = np.ndarray(
+            ((capacity - row_span) // stride + 1, row_span), np.float64, buffer, 0, (stride * item, item)
+        )
+        rows.flags.writeable = False
+        self._by_design[key] = (buffer, rows)
+        return buffer, rows
+
+
 class Resampler:
     """A streaming polyphase resampler between two of Exotel's rates (8000, 16000, 24000 Hz).
 
@@ -299,28 +336,38 @@ class Resampler:
       of ``n`` samples yields ``ceil(n·dst_rate/src_rate)`` samples in total, then resets.
 
     Equal rates give an identity resampler that keeps this API and returns copies.
+
+    ``workspace``: a :class:`ResamplerWorkspace` to share with other resamplers used from the same
+    thread (a server passes one to all its calls); by default the resampler has its own.
     """
 
     __slots__ = (
         "_blocks_per_row",
-        "_buffer",
         "_delay_samples",
         "_dst_rate",
-        "_end",
+        "_held",
+        "_history",
         "_input_count",
+        "_key",
         "_matrix",
         "_output_count",
         "_reach",
         "_row_span",
         "_src_rate",
-        "_start",
         "_step_down",
         "_step_up",
         "_taps",
-        "_views",
+        "_work",
     )
 
-    def __init__(self, src_rate: int, dst_rate: int, *, taps_per_phase: int = 32) -> None:
+    def __init__(
+        self,
+        src_rate: int,
+        dst_rate: int,
+        *,
+        taps_per_phase: int = 32,
+        workspace: ResamplerWorkspace | None = None,
+    ) -> None:
         self._src_rate = _check_rate("src_rate", src_rate)
         self._dst_rate = _check_rate("dst_rate", dst_rate)
         if (
@@ -337,28 +384,12 @@ class Resampler:
         self._reach = design.reach
         self._row_span = design.row_span
         self._blocks_per_row = design.blocks_per_row
-        self._allocate(0 if design.up == design.down else _INITIAL_STEP)
+        self._key = (src_rate, dst_rate, taps_per_phase)
+        self._work = workspace if workspace is not None else ResamplerWorkspace()
+        # The inputs the next outputs still need: history[:held] (see reset).
+        self._history = np.zeros(self._row_span + 2 * self._blocks_per_row * self._step_down)
+        self._held = 0
         self.reset()
-
-    def _allocate(self, step: int) -> None:
-        """Size the work buffer for ``step`` new samples per call, with a view of rows for each start.
-
-        Rows begin every ``blocks_per_row × down`` samples and the history can start anywhere, so there
-        is one precomputed strided view per start residue; a call only slices one of them.
-        """
-        stride = self._blocks_per_row * self._step_down
-        capacity = step + 2 * (self._row_span + 2 * stride) + 256
-        self._buffer = np.zeros(capacity)
-        item = self._buffer.itemsize
-        views = []
-        for residue in range(stride):
-            rows = max(0, (capacity - residue - self._row_span) // stride + 1)
-            view: npt.NDArray[np.float64] = np.ndarray(
-                (rows, self._row_span), np.float64, self._buffer, residue * item, (stride * item, item)
-            )
-            view.flags.writeable = False
-            views.append(view)
-        self._views = views
 
     @property
     def src_rate(self) -> int:
@@ -404,12 +435,10 @@ class Resampler:
         """Drop all state (history and pending output), e.g. after a barge-in; the next call starts fresh."""
         self._input_count = 0
         self._output_count = self._delay_samples
-        # The live history is buffer[_start:_end]; buffer[_start] holds input index
-        # (output_count // up)·down − reach, the first input the next output block reads. Indices
-        # below 0 are the silence before the stream started.
-        self._start = 0
-        self._end = self._reach - (self._output_count // self._step_up) * self._step_down
-        self._buffer[: self._end] = 0.0
+        # history[0] holds input index (output_count // up)·down − reach, the first input the next
+        # output block reads. Indices below 0 are the silence before the stream started.
+        self._held = max(0, self._reach - (self._output_count // self._step_up) * self._step_down)
+        self._history[: self._held] = 0.0
 
     def process(self, samples: Samples) -> Samples:
         """Resample the next piece of the stream; returns every output sample it makes available."""
@@ -442,44 +471,44 @@ class Resampler:
     def _step(self, chunk: Samples, limit: int | None) -> Samples:
         up, down = self._step_up, self._step_down
         count = chunk.shape[0]
-        start, end = self._start, self._end
+        held = self._held
+        end = held + count
         stride = self._blocks_per_row * down
-        # Room for the chunk plus what the last row may read past it.
-        if end + count + 2 * stride > self._buffer.shape[0]:
-            held = end - start
-            if held + count + 2 * stride > self._buffer.shape[0]:
-                history = self._buffer[start:end].copy()
-                self._allocate(max(count, self._buffer.shape[0]))
-                self._buffer[:held] = history
-            else:
-                self._buffer[:held] = self._buffer[start:end]
-            start, end = 0, held
-        self._buffer[end : end + count] = chunk
-        end += count
+        # Room for the rows up to the end of the input, plus what the last row may read past it.
+        buffer, rows_view = self._work.rows(
+            self._key, self._row_span, stride, end + 2 * stride + self._row_span
+        )
+        buffer[:held] = self._history[:held]
+        buffer[held:end] = chunk
         self._input_count += count
         available = -((-self._input_count * up) // down)
         if limit is not None and limit < available:
             available = limit
         first = self._output_count
         if available <= first:
-            self._start, self._end = start, end
+            self._keep(buffer, 0, end)
             return np.zeros(0, dtype=_INT16)
         first_block = first // up
         rows = ((available - 1) // up - first_block) // self._blocks_per_row + 1
-        row = start // stride
         # The last row may read past the input. The outputs returned do not use those samples (their
         # coefficients there are 0, and 0 × a stale finite sample is 0); the others are dropped.
-        windows = self._views[start - row * stride][row : row + rows]
-        outputs: npt.NDArray[np.float64] = np.dot(windows, self._matrix).reshape(-1)
+        outputs: npt.NDArray[np.float64] = np.dot(rows_view[:rows], self._matrix).reshape(-1)
         offset = first - first_block * up
         result = outputs[offset : offset + available - first]
         np.rint(result, out=result)
         np.minimum(result, _INT16_MAX_ARRAY, out=result)
         np.maximum(result, _INT16_MIN_ARRAY, out=result)
         self._output_count = available
-        self._start = start + (available // up - first_block) * down
-        self._end = end
+        self._keep(buffer, (available // up - first_block) * down, end)
         return result.astype(_INT16)
+
+    def _keep(self, buffer: npt.NDArray[np.float64], start: int, end: int) -> None:
+        """Save ``buffer[start:end]`` as the history the next step starts from."""
+        held = end - start
+        if held > self._history.shape[0]:
+            self._history = np.zeros(max(held, 2 * self._history.shape[0]))
+        self._history[:held] = buffer[start:end]
+        self._held = held
 
 
 # -------------------------------------------------------------------------------------------- framing

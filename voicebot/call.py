@@ -31,7 +31,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from voicebot.audio import FrameSplitter, Resampler, decode, encode, to_int16
+from voicebot.audio import FrameSplitter, Resampler, ResamplerWorkspace, decode, encode, to_int16
 from voicebot.errors import LocalProtocolError, RemoteProtocolError
 from voicebot.events import Clear, Connected, Dtmf, Encoding, Mark, Media, Start, Stop, Unknown
 from voicebot.jitter import JitterBuffer
@@ -289,6 +289,7 @@ class Call:
         chunk_ms: int | None = None,
         write_buffer_limit: int = 64 * 1024,
         logger: logging.Logger | None = None,
+        workspace: ResamplerWorkspace | None = None,
     ) -> None:
         self._connection = connection
         self.handler = handler
@@ -298,6 +299,8 @@ class Call:
         self._lead = lead
         self._chunk_ms = chunk_ms
         self._write_buffer_limit = write_buffer_limit
+        # Shared with the server's other calls (all on this thread), or the call's own.
+        self._workspace = workspace if workspace is not None else ResamplerWorkspace()
         self._ids: dict[str, str] = {}
         self.log: logging.LoggerAdapter[logging.Logger] = _CallLog(
             logger or logging.getLogger("voicebot.call"), self._ids
@@ -443,7 +446,7 @@ class Call:
                 self._release_handle = self._loop.call_soon(self._release_after_burst)
         else:
             self._release_held_out(self._loop.time())
-            one_off = Resampler(rate, self.stream_rate)
+            one_off = Resampler(rate, self.stream_rate, workspace=self._workspace)
             start = outbound.pushed_samples
             outbound.push(np.concatenate([one_off.process(pcm), one_off.flush()]), self._loop.time())
             end = outbound.pushed_samples
@@ -650,8 +653,8 @@ class Call:
             self.log.warning("%s", warning)
         rate = start.sample_rate
         self._jitter = JitterBuffer(rate, self.handler.jitter)
-        self._in_resampler = Resampler(rate, self.handler_rate)
-        self._out_resampler = Resampler(self.handler_rate, rate)
+        self._in_resampler = Resampler(rate, self.handler_rate, workspace=self._workspace)
+        self._out_resampler = Resampler(self.handler_rate, rate, workspace=self._workspace)
         self._outbound = OutboundStream(rate, start.encoding, lead=self._lead, chunk_ms=self._chunk_ms)
         self.log.info(
             "call started: %s from=%s to=%s rate=%d (%s) encoding=%s",

@@ -24,6 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from voicebot.audio import ResamplerWorkspace
 from voicebot.call import Call
 from voicebot.config import ServeConfig, parse_auth
 from voicebot.handler import Handler
@@ -60,6 +61,8 @@ class Server:
         self.handler_class = handler_class
         self.config = config or ServeConfig()
         self.ticker = Ticker()
+        # Every call runs on this server's loop thread, so their resamplers can share work buffers.
+        self.workspace = ResamplerWorkspace()
         self.calls: set[Call] = set()
         self.draining = False
         self.calls_served = 0
@@ -183,6 +186,7 @@ class Server:
             url_rate=url_rate,
             lead=self.config.lead_ms / 1000,
             chunk_ms=self.config.chunk_ms or None,
+            workspace=self.workspace,
         )
         self.calls.add(call)
         self._idle.clear()

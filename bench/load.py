@@ -467,6 +467,8 @@ class Step:
     baseline: RunResult
     voicebot: RunResult
     probe: RunResult
+    pair_ratios: list[float] = field(default_factory=list)
+    """With ``--pairs``: the ratio of each (baseline, voicebot) pair run back to back, in run order."""
 
     @property
     def runs(self) -> tuple[RunResult, RunResult, RunResult]:
@@ -500,7 +502,7 @@ class Step:
 
     @property
     def ratio(self) -> float:
-        """voicebot's calls per core over the baseline's, both from this step."""
+        """voicebot's calls per core over the baseline's, both from this step (the median pair's)."""
         return self.voicebot.calls_per_core / self.baseline.calls_per_core
 
 
@@ -529,7 +531,12 @@ def print_step(step: Step) -> None:
     print(f"  real time: voicebot {verdict}; baseline {base_verdict}")
     print(
         f"  calls per core: voicebot {step.voicebot.calls_per_core:.0f}, baseline "
-        f"{step.baseline.calls_per_core:.0f}, ratio {step.ratio:.2f}",
+        f"{step.baseline.calls_per_core:.0f}, ratio {step.ratio:.2f}"
+        + (
+            f" (pairs run: {', '.join(f'{r:.2f}' for r in step.pair_ratios)}; the median pair is shown)"
+            if step.pair_ratios
+            else ""
+        ),
         flush=True,
     )
 
@@ -598,12 +605,22 @@ def print_summary(steps: list[Step], search_stopped: str) -> None:
 # ------------------------------------------------------------------------------------------ search
 
 
-async def measure_step(n: int, options: RunOptions) -> Step:
-    """The baseline, the echo bot and the probe at ``n`` calls, one after the other."""
-    baseline = await run_once(BASELINE, n, options)
-    voicebot = await run_once(VOICEBOT, n, options)
+async def measure_step(n: int, options: RunOptions, pairs: int = 1) -> Step:
+    """The baseline, the echo bot and the probe at ``n`` calls, one after the other.
+
+    With ``pairs`` > 1 the baseline and the echo bot are run that many times, alternately: the load
+    other tenants put on a shared machine changes over minutes and hits the two servers unequally, so
+    one pair's ratio can be off by a tenth. The step keeps the pair with the median ratio.
+    """
+    runs = []
+    for _ in range(pairs):
+        baseline = await run_once(BASELINE, n, options)
+        voicebot = await run_once(VOICEBOT, n, options)
+        runs.append((voicebot.calls_per_core / baseline.calls_per_core, baseline, voicebot))
+    ratios = [ratio for ratio, _, _ in runs]
+    _, baseline, voicebot = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
     probe = await run_once(PROBE, n, options)
-    step = Step(n, baseline, voicebot, probe)
+    step = Step(n, baseline, voicebot, probe, ratios if pairs > 1 else [])
     print_step(step)
     return step
 
@@ -625,12 +642,12 @@ async def search(args: argparse.Namespace) -> list[Step]:
     steps: list[Step] = []
     if args.steps:
         for n in args.steps:
-            steps.append(await measure_step(n, options))
+            steps.append(await measure_step(n, options, args.pairs))
         print_summary(steps, "fixed steps " + ",".join(map(str, args.steps)))
         return steps
     stopped = f"reached --max-n {args.max_n}"
     for n in _doubling(args.start, args.max_n):
-        step = await measure_step(n, options)
+        step = await measure_step(n, options, args.pairs)
         steps.append(step)
         if step.client_limited:
             stopped = f"stopped at N = {n}: the load client could not keep its deadlines"
@@ -647,7 +664,7 @@ async def search(args: argparse.Namespace) -> list[Step]:
             middle = round(sum(bracket) / 2 / 10) * 10
             if middle in bracket:
                 break
-            steps.append(await measure_step(middle, options))
+            steps.append(await measure_step(middle, options, args.pairs))
         bracket = _bracket(steps, passes)
         if bracket is not None:
             stopped += f"; {label}: between {bracket[0]} and {bracket[1]}"
@@ -701,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--refine", type=int, default=None, help="bisection steps after the doubling (default 2)"
     )
+    parser.add_argument(
+        "--pairs", type=int, default=1,
+        help="run the baseline and voicebot this many times per step, alternately, and keep the median "
+        "ratio (default 1)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the echo server into this file")
     parser.add_argument(
@@ -710,12 +732,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.max_n = args.max_n or (200 if args.quick else 1600)
     args.window = args.window or (4.0 if args.quick else 10.0)
     args.refine = args.refine if args.refine is not None else (0 if args.quick else 2)
-    if args.start < 1 or args.max_n < args.start or args.window <= 0:
-        parser.error("need 1 <= --start <= --max-n and --window > 0")
+    if args.start < 1 or args.max_n < args.start or args.window <= 0 or args.pairs < 1:
+        parser.error("need 1 <= --start <= --max-n, --window > 0 and --pairs >= 1")
 
     print(
         f"load bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {sys.platform}; "
-        f"window {args.window:.0f} s per run; bars: CPU <= {CPU_BAR:.0%} of a core, p99 latency <= "
+        f"window {args.window:.0f} s per run, {args.pairs} baseline/voicebot pair(s) per step;\n"
+        f"  bars: CPU <= {CPU_BAR:.0%} of a core, p99 latency <= "
         f"{LATENCY_BAR * 1e3:.0f} ms, underruns <= {UNDERRUN_BAR:.1%}, client lateness p99 <= "
         f"{CLIENT_LATE_BAR * 1e3:.0f} ms"
     )
@@ -747,6 +770,7 @@ def _as_dict(step: Step) -> dict[str, Any]:
     return {
         "n": step.n,
         "ratio": step.ratio,
+        "pair_ratios": step.pair_ratios,
         "voicebot_ok": step.voicebot_ok,
         "baseline_ok": step.baseline_ok,
         **{

@@ -14,10 +14,13 @@ owns, repeatably enough to tell a 3 % change:
 
 ``--against DIR`` also runs a second checkout's voicebot (e.g. a ``git worktree`` of the previous
 commit), alternating the two in fresh processes, and prints each run's ratio to it: compare ratios,
-not absolute figures, across runs.
+not absolute figures, across runs. ``--instructions`` counts instructions under valgrind's callgrind
+instead of timing: the same code gives the same count to the last digit, whatever else the machine is
+doing (it does not see cache misses, so it is for Python-level changes).
 
     python bench/pipeline.py                       # echo bot, 100 calls, 30 s each
     python bench/pipeline.py --against /tmp/base   # this checkout / that one, 5 alternations
+    python bench/pipeline.py --instructions --calls 5 --seconds 3 --against /tmp/base
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import heapq
 import json
 import os
+import re
 import selectors
 import statistics
 import subprocess
@@ -244,19 +248,36 @@ def measure(handler_spec: str, calls: int, seconds: float) -> dict[str, float]:
         return runner.run(_run_calls(handler_spec, calls, seconds))
 
 
-def _child(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
+def _child(checkout: Path, args: argparse.Namespace, seconds: float | None = None) -> dict[str, float]:
     command = [
         sys.executable, __file__, "--child", "--handler", args.handler,
-        "--calls", str(args.calls), "--seconds", str(args.seconds),
+        "--calls", str(args.calls), "--seconds", str(seconds or args.seconds),
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(checkout)}
+    # One BLAS thread and a fixed hash seed make a run's instruction count repeat exactly.
+    environment = {
+        **os.environ, "PYTHONPATH": str(checkout), "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"
+    }  # fmt: skip
+    if args.instructions:
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command]
     result = subprocess.run(
         command, cwd=checkout, env=environment, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise SystemExit(f"run in {checkout} failed:\n{result.stderr}")
     figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    if args.instructions:
+        collected = re.search(r"Collected : (\d+)", result.stderr)
+        if collected is None:
+            raise SystemExit(f"no instruction count from valgrind:\n{result.stderr[-2000:]}")
+        figures["instructions"] = float(collected.group(1))
     return figures
+
+
+def _instructions_per_call_second(checkout: Path, args: argparse.Namespace) -> float:
+    """Instructions per call-second: a run of 3x the length minus a run of 1x, so start-up cancels."""
+    short = _child(checkout, args, args.seconds)
+    long = _child(checkout, args, 3 * args.seconds)
+    return (long["instructions"] - short["instructions"]) / (args.calls * 2 * args.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="audio per call, in seconds (default 30)")
     parser.add_argument("--repeat", type=int, default=5, help="runs (alternations with --against), default 5")
     parser.add_argument("--against", type=Path, help="another checkout to compare with, run alternately")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count instructions under valgrind's callgrind instead of timing (exactly repeatable; "
+        "slow, so use small --calls and --seconds, e.g. 5 and 3)",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -276,6 +302,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(measure(args.handler, args.calls, args.seconds)))
         return
     print(f"pipeline bench: {args.handler}, {args.calls} calls x {args.seconds:g} s, virtual clock")
+    if args.instructions:
+        ours_count = _instructions_per_call_second(ROOT, args)
+        print(f"  this checkout: {ours_count / 1e6:.3f} M instructions per call-second")
+        if args.against is not None:
+            theirs_count = _instructions_per_call_second(args.against.resolve(), args)
+            print(f"  {args.against}: {theirs_count / 1e6:.3f} M instructions per call-second")
+            print(f"  ratio this/that: {ours_count / theirs_count:.3f}")
+        return
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
     for _ in range(args.repeat):

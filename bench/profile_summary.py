@@ -38,7 +38,8 @@ _ENTRY: Final = frozenset({"_run_module_as_main", "_run_code", "<module>", "main
 #: What the process was doing, by the first frame below the event loop.
 _ACTIVITIES: Final = (
     ("reader: parse, decode, jitter buffer, resample in, frames", "Call._read_loop"),
-    ("handler task: on_audio → play_nowait (resample out, push)", "Call._handler_main"),
+    ("handler task: on_audio → play_nowait (held until the burst is over)", "Call._handler_main"),
+    ("release: a burst of plays resampled out, pushed to the pacer", "Call._release_after_burst"),
     ("ticker: pacing, encode, send (Call.tick)", "Ticker.run"),
 )
 

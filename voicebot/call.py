@@ -8,10 +8,11 @@ Data path (DESIGN.md §3):
   queue is full the oldest *audio* is dropped and counted; DTMF and the end of the call are never
   dropped.
 * The **handler** task runs ``handler.run(call)``; hooks of one call run one at a time.
-* There is no writer task per call. ``play`` resamples the bot's audio to the stream rate and pushes
-  it into an ``OutboundStream`` (chunker + pacer); the server's shared ``Ticker`` calls ``tick(now)``
-  when the pacer says a chunk may go, and ``tick`` sends whatever is due: encoded media chunks and the
-  marks that tell when a playback has been heard.
+* There is no writer task per call. ``play`` holds the bot's audio; once the bot's burst of plays is
+  over (a ``call_soon`` callback), it is resampled to the stream rate in one step and pushed into an
+  ``OutboundStream`` (chunker + pacer). The server's shared ``Ticker`` calls ``tick(now)`` when the
+  pacer says a chunk may go, and ``tick`` sends whatever is due: encoded media chunks and the marks
+  that tell when a playback has been heard.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ class Call:
         self._outbound: OutboundStream | None = None
         self._out_resampler: Resampler | None = None
         # The bot's audio at the handler's rate, not yet resampled: an echo bot plays every 20 ms
-        # frame, and resampling once per tick instead of once per frame costs a fifth as much.
+        # frame, and resampling once per burst instead of once per frame costs a fifth as much.
         self._held_out: list[Samples] = []
         self._held_out_samples = 0
         # Releases the held audio once the bot's current burst of plays is over (see play_nowait).

@@ -695,10 +695,7 @@ class OutboundStream:
         due = self._due_at
         if due is None or now < due - _EPS:
             return []
-        if self._unstamped:
-            self._stamp(now)
-        if self._utterance_undecided:
-            self._decide_utterance(now)
+        self._decide(now)
         self._forget_played(now)
         items: list[OutboundItem] = [OutboundMark(name) for name in self._chunker.take_marks()]
         while self._chunker.pending_samples and now >= self._chunk_due_at() - _EPS:
@@ -716,12 +713,16 @@ class OutboundStream:
         time after ``now``, nothing may be sent before then, and a poll at that time gives the same
         result as polling now and then.
         """
+        self._decide(now)
+        self._refresh_due()
+        return self.next_wakeup(now)
+
+    def _decide(self, now: float) -> None:
+        """Stamp audio pushed without a time, and decide whether it starts an utterance, as of ``now``."""
         if self._unstamped:
             self._stamp(now)
         if self._utterance_undecided:
             self._decide_utterance(now)
-        self._refresh_due()
-        return self.next_wakeup(now)
 
     def next_wakeup(self, now: float) -> float | None:
         """When :meth:`poll` will next have something to hand out (``now`` if already due), or None

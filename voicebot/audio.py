@@ -53,15 +53,14 @@ _INT16_MIN: Final = -32768.0
 _INT16_MAX: Final = 32767.0
 
 
-def _constant(value: float) -> npt.NDArray[np.float64]:
-    array = np.array(value)
+def _read_only(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     array.flags.writeable = False
     return array
 
 
 # As 0-d arrays, the clipping bounds skip numpy's conversion of a Python scalar on every call.
-_INT16_MIN_ARRAY: Final = _constant(_INT16_MIN)
-_INT16_MAX_ARRAY: Final = _constant(_INT16_MAX)
+_INT16_MIN_ARRAY: Final = _read_only(np.array(_INT16_MIN))
+_INT16_MAX_ARRAY: Final = _read_only(np.array(_INT16_MAX))
 
 
 def _require_samples(samples: object, name: str) -> Samples:
@@ -267,11 +266,6 @@ def _filter_design(src_rate: int, dst_rate: int, taps_per_phase: int) -> _Filter
     return _FilterDesign(
         up, down, _read_only(quantized), _read_only(matrix), delay_samples, reach, row_span, blocks_per_row
     )
-
-
-def _read_only(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    array.flags.writeable = False
-    return array
 
 
 class ResamplerWorkspace:

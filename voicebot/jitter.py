@@ -440,8 +440,10 @@ class JitterBuffer:
         one) that the buffer never touches again.
         """
         block = self.pop_audio(now)
-        if block is None:
-            return []
+        return [] if block is None else self._frames_of(block)
+
+    def _frames_of(self, block: Samples) -> list[Samples]:
+        """``block`` (a whole number of frames) as a list of views, one per frame."""
         frame = self._frame
         if len(block) == frame:
             return [block]
@@ -502,7 +504,7 @@ class JitterBuffer:
             count = -(-(self._high - self._head) // self._frame)
             block = np.zeros(count * self._frame, dtype=np.int16)
             block[: self._high - self._head] = self._render(self._head, self._high)
-            frames = [block[i * self._frame : (i + 1) * self._frame] for i in range(count)]
+            frames = self._frames_of(block)
         self._clear_timeline()
         return frames
 

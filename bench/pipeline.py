@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
+from loadclient import CallerAudio
 from websockets.exceptions import ConnectionClosedOK
 from websockets.protocol import State
 
@@ -152,16 +153,6 @@ def _silent_bot() -> Any:
     return SilentBot
 
 
-def _payload() -> str:
-    import binascii
-
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    noise = np.clip(rng.normal(0, 40, CHUNK_SAMPLES), -150, 150).astype("<i2")
-    return binascii.b2a_base64(noise.tobytes(), newline=False).decode("ascii")
-
-
 def _start_message(number: int) -> str:
     sid = f"{number:032x}"
     return json.dumps(
@@ -192,7 +183,7 @@ async def _run_calls(handler_spec: str, calls: int, seconds: float) -> dict[str,
     loop = asyncio.get_running_loop()
     ticker = Ticker()
     ticker_task = asyncio.create_task(ticker.run())
-    payload = _payload()
+    payload = CallerAudio.make().quiet  # the load bench's caller audio: quiet noise
     stubs = [StubConnection(loop) for _ in range(calls)]
     try:  # shared by every call, as the server does (checkouts before it have no workspace)
         from voicebot.audio import ResamplerWorkspace

@@ -60,6 +60,8 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 _LOGGED_PROTOCOL_ERRORS: Final = 5
 #: Names of marks cancelled by clear() kept to recognise their late echoes.
 _MAX_CANCELLED_MARKS: Final = 1000
+#: Seconds of held bot audio whose buffer is kept for the next burst; a larger one is given back.
+_HELD_OUT_KEPT: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +328,10 @@ class Call:
         self._out_resampler: Resampler | None = None
         # The bot's audio at the handler's rate, not yet resampled: an echo bot plays every 20 ms
         # frame, and resampling once per burst instead of once per frame costs a fifth as much.
-        self._held_out: list[Samples] = []
+        # Held in one reused buffer: a burst is copied once, into place, and resampled from there.
+        self._held_out = np.zeros(handler.sample_rate // 10, dtype=_INT16)
         self._held_out_samples = 0
+        self._held_out_end = 0  # where the held audio ends in the outbound stream, once resampled
         # Releases the held audio once the bot's current burst of plays is over (see play_nowait).
         self._release_handle: asyncio.Handle | None = None
         self._playbacks: deque[Playback] = deque()
@@ -436,13 +440,18 @@ class Call:
             gone._complete(0.0, interrupted=True, confirmed=False)
             return gone
         if rate == self.handler_rate:
+            held, count = self._held_out_samples, pcm.shape[0]
             # Positions as _stream_position() gives them before and after this audio is held.
-            pushed, held, count = outbound.pushed_samples, self._held_out_samples, len(pcm)
-            start = pushed + resampler.outputs_for(held)
+            pushed = outbound.pushed_samples
+            start = self._held_out_end if held else pushed
             end = pushed + resampler.outputs_for(held + count)
-            # Held until the burst is over, so copied: the bot may reuse its array once this returns.
-            self._held_out.append(pcm.copy() if pcm is samples or pcm.base is not None else pcm)
+            buffer = self._held_out
+            if held + count > buffer.shape[0]:
+                buffer = self._grow_held_out(held + count)
+            # A copy: the bot may reuse its array once this returns.
+            buffer[held : held + count] = pcm
             self._held_out_samples = held + count
+            self._held_out_end = end
             if self._release_handle is None:
                 self._release_handle = self._loop.call_soon(self._release_after_burst)
         else:
@@ -475,7 +484,6 @@ class Call:
         self._control_out.append(self._protocol.clear())
         self.stats.clears += 1
         played = self._outbound.clear(self._loop.time()).heard_until
-        self._held_out.clear()
         self._held_out_samples = 0
         if self._out_resampler is not None:
             self._out_resampler.reset()
@@ -787,15 +795,22 @@ class Call:
 
     def _release_held_out(self, now: float) -> None:
         """Resample the audio held since the last tick and push it into the outbound stream."""
-        if not self._held_out or self._outbound is None or self._out_resampler is None:
+        held = self._held_out_samples
+        if not held or self._outbound is None or self._out_resampler is None:
             return
         expected_end = self._stream_position()
-        held = self._held_out
-        audio = held[0] if len(held) == 1 else np.concatenate(held)
-        held.clear()
         self._held_out_samples = 0
-        self._outbound.push(self._out_resampler.process(audio), now)
+        # process() copies what it reads, so the buffer is free for the next burst when it returns.
+        self._outbound.push(self._out_resampler.process(self._held_out[:held]), now)
         assert self._outbound.pushed_samples == expected_end, "playback positions went wrong"
+        if self._held_out.shape[0] > _HELD_OUT_KEPT * self.handler_rate:
+            self._held_out = np.zeros(self.handler_rate // 10, dtype=_INT16)  # after a long prompt
+
+    def _grow_held_out(self, needed: int) -> Samples:
+        grown = np.zeros(max(needed, 2 * self._held_out.shape[0]), dtype=_INT16)
+        grown[: self._held_out_samples] = self._held_out[: self._held_out_samples]
+        self._held_out = grown
+        return grown
 
     def _release_after_burst(self) -> None:
         """Resample what the bot played since the last release and let the pacer decide when to send.

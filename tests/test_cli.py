@@ -46,6 +46,8 @@ def test_every_option_has_a_flag_a_variable_and_help() -> None:
         ({"VOICEBOT_CHUNK_MS": "30"}, "chunk_ms"),
         ({"VOICEBOT_LEAD_MS": "200"}, "do not work at 8000 Hz"),  # less than a 200 ms chunk + margin
         ({"VOICEBOT_CHUNK_MS": "100"}, "do not work at 8000 Hz"),  # 1600 B is under the 3200 B floor
+        ({"VOICEBOT_SESSION_LIMIT": "5"}, "session_limit"),  # no longer than the slack: every end would count
+        ({"VOICEBOT_SESSION_LIMIT": "nan"}, "session_limit"),
     ],
 )
 def test_bad_environment_values_are_named(environ: dict[str, str], needle: str) -> None:

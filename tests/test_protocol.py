@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from voicebot.errors import LocalProtocolError, RemoteProtocolError
 from voicebot.events import Clear, Connected, Dtmf, Encoding, Mark, Media, Start, Stop, Unknown
 from voicebot.protocol import (
+    DEFAULT_SESSION_LIMIT,
+    SESSION_LIMIT_REASON,
     TRANSITIONS,
     StreamProtocol,
     StreamState,
@@ -23,6 +25,7 @@ from voicebot.protocol import (
     parse_custom_parameters,
     parse_message,
     rate_from_url,
+    remote_end_reason,
     resolve_stream_format,
 )
 
@@ -569,3 +572,22 @@ def test_cannot_send_outside_streaming(prefix: list[str]) -> None:
     for send in (lambda: protocol.media(bytes(320)), lambda: protocol.mark("m"), protocol.clear):
         with pytest.raises(LocalProtocolError):
             send()
+
+
+# --- §12 #17: a stream cut at Exotel's session limit gets its own end reason ---
+
+
+@pytest.mark.parametrize("reason", ["stopped", "callended", "socket_closed", "opaque-reason"])
+def test_an_end_at_the_session_limit_is_reported_as_such_whatever_reason_came_with_it(reason: str) -> None:
+    assert remote_end_reason(reason, 3597.0, DEFAULT_SESSION_LIMIT) == SESSION_LIMIT_REASON
+    assert remote_end_reason(reason, 3601.5, DEFAULT_SESSION_LIMIT) == SESSION_LIMIT_REASON
+
+
+@pytest.mark.parametrize(
+    ("streamed", "limit"), [(3590.0, DEFAULT_SESSION_LIMIT), (0.5, 600.0), (9000.0, None)]
+)
+def test_an_end_short_of_the_limit_or_with_no_known_limit_keeps_its_reason(
+    streamed: float, limit: float | None
+) -> None:
+    assert remote_end_reason("callended", streamed, limit) == "callended"
+    assert remote_end_reason("stopped", streamed, 0.0 if limit is None else limit) == "stopped"

@@ -318,6 +318,31 @@ async def test_every_way_a_call_ends_reaches_on_stop(how: str | None, reason: st
     assert bot.notes == [reason]
 
 
+class LimitWatcher(Stopper):
+    async def on_start(self, call: Call) -> None:
+        await super().on_start(call)
+        type(self).notes.append(call.session_time_left)
+
+
+@pytest.mark.parametrize(("how", "reason"), [("stopped", "session_limit"), (None, "session_limit")])
+async def test_a_stream_cut_at_the_session_limit_ends_with_its_own_reason(
+    how: str | None, reason: str
+) -> None:
+    # A 5.3 s limit is reached, less its 5 s slack, 0.3 s into the stream: a 1 s call is cut by it.
+    bot = recorder(LimitWatcher)
+    async with serve_handler(bot, session_limit=5.3) as url:
+        async with FakeExotel(url) as exotel:
+            await exotel.run(1.0)
+            await exotel.hangup(how)
+        for _ in range(100):
+            if len(bot.notes) == 2:
+                break
+            await asyncio.sleep(0.02)  # polling for the server side to observe the close
+    time_left, ended = bot.notes
+    assert isinstance(time_left, float) and 4.3 < time_left <= 5.3
+    assert ended == reason
+
+
 # --- a slow handler never stalls the reader ---
 
 

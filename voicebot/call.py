@@ -38,7 +38,7 @@ from voicebot.events import Clear, Connected, Dtmf, Encoding, Mark, Media, Start
 from voicebot.jitter import JitterBuffer
 from voicebot.logs import call_ids
 from voicebot.pacing import OutboundChunk, OutboundMark, OutboundStream
-from voicebot.protocol import StreamProtocol, StreamState
+from voicebot.protocol import DEFAULT_SESSION_LIMIT, StreamProtocol, StreamState, remote_end_reason
 from voicebot.ticker import Ticker
 
 if TYPE_CHECKING:
@@ -293,6 +293,7 @@ class Call:
         write_buffer_limit: int = 64 * 1024,
         logger: logging.Logger | None = None,
         workspace: ResamplerWorkspace | None = None,
+        session_limit: float | None = DEFAULT_SESSION_LIMIT,
     ) -> None:
         self._connection = connection
         self.handler = handler
@@ -302,6 +303,8 @@ class Call:
         self._lead = lead
         self._chunk_ms = chunk_ms
         self._write_buffer_limit = write_buffer_limit
+        self._session_limit = session_limit or None
+        self._started_at: float | None = None  # loop time when `start` arrived
         # Shared with the server's other calls (all on this thread), or the call's own.
         self._workspace = workspace if workspace is not None else ResamplerWorkspace()
         self._ids: dict[str, str] = {}
@@ -402,6 +405,18 @@ class Call:
     def pacer_stats(self) -> Any:
         """The outbound pacer's counters (None before start)."""
         return self._outbound.stats if self._outbound is not None else None
+
+    @property
+    def session_time_left(self) -> float | None:
+        """Seconds until Exotel's session limit cuts the stream (``session_limit`` in the server's
+        settings, 60 minutes by default), counted from ``start``; None before it or with no limit.
+
+        A long call can wrap up in time: say goodbye before it reaches 0. A stream cut there ends
+        with the reason ``session_limit``.
+        """
+        if self._started_at is None or self._session_limit is None:
+            return None
+        return max(0.0, self._started_at + self._session_limit - self._loop.time())
 
     @property
     def pending_playbacks(self) -> int:
@@ -625,7 +640,7 @@ class Call:
                     continue
                 self._on_event(event)
         except ConnectionClosed:
-            self._end(self._closing_reason or "socket_closed")
+            self._end(self._closing_reason or self._remote_end_reason("socket_closed"))
         finally:
             if self._handler_task is not None and not self._handler_task.done():
                 with contextlib.suppress(TimeoutError):
@@ -648,7 +663,7 @@ class Call:
         elif isinstance(event, Start):
             self._on_start(event)
         elif isinstance(event, Stop):
-            self._end(event.reason or "stopped")
+            self._end(self._remote_end_reason(event.reason or "stopped"))
         elif isinstance(event, Unknown):
             self.stats.unknown_events += 1
             self.log.info("ignored unknown event %r", event.event)
@@ -656,6 +671,7 @@ class Call:
             pass
 
     def _on_start(self, start: Start) -> None:
+        self._started_at = self._loop.time()
         self._ids.update(call_sid=start.call_sid, stream_sid=start.stream_sid)
         for warning in start.warnings:
             self.stats.warnings.append(warning)
@@ -683,6 +699,19 @@ class Call:
         due = self._jitter.next_due()
         if due is not None:
             self._ticker.schedule(self, due)
+
+    def _remote_end_reason(self, reason: str) -> str:
+        """``reason`` for an end that came from Exotel, or ``session_limit`` if it cut the stream there."""
+        if self._started_at is None:
+            return reason
+        streamed = self._loop.time() - self._started_at
+        ended = remote_end_reason(reason, streamed, self._session_limit)
+        if ended != reason:
+            self.log.warning(
+                "stream cut at Exotel's session limit (%.0f s) after %.0f s; Exotel's reason: %s",
+                self._session_limit, streamed, reason,
+            )  # fmt: skip
+        return ended
 
     def _deliver(self, audio: Samples | None) -> None:
         if audio is None or self._in_resampler is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from voicebot.errors import ConfigError
+from voicebot.protocol import DEFAULT_SESSION_LIMIT, SESSION_LIMIT_SLACK
 
 __all__ = ["LOOPS", "OPTIONS", "Option", "ServeConfig", "parse_auth"]
 
@@ -40,6 +41,7 @@ class ServeConfig:
     ping_timeout: float = 20.0
     lead_ms: int = 400
     chunk_ms: int = 0
+    session_limit: float = DEFAULT_SESSION_LIMIT
     log_level: str = "info"
     log_format: str = "text"
     ops_port: int | None = None
@@ -65,6 +67,11 @@ class ServeConfig:
         if self.chunk_ms < 0 or self.chunk_ms % 20:
             raise ConfigError(f"chunk_ms: {self.chunk_ms} must be 0 (automatic) or a multiple of 20 ms")
         self._check_outbound_plan()
+        if self.session_limit != 0 and not self.session_limit > SESSION_LIMIT_SLACK:
+            raise ConfigError(
+                f"session_limit: {self.session_limit} must be 0 (unknown) "
+                f"or more than {SESSION_LIMIT_SLACK:g} s"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: {self.log_level!r} is not a logging level")
         if self.log_format not in LOG_FORMATS:
@@ -177,6 +184,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "most audio queued at Exotel ahead of playback, in ms", "MS"),
     Option("chunk_ms", "--chunk-ms", "VOICEBOT_CHUNK_MS", _as_int,
            "outbound chunk duration in ms (0 = max(3200 B, 100 ms) per Exotel's rules)", "MS"),
+    Option("session_limit", "--session-limit", "VOICEBOT_SESSION_LIMIT", _as_float,
+           "Exotel's longest stream session on your plan: a stream cut there ends with the reason "
+           "session_limit (0 = unknown)", "SECONDS"),
     Option("log_level", "--log-level", "VOICEBOT_LOG_LEVEL", _as_str, "debug, info, warning, error"),
     Option("log_format", "--log-format", "VOICEBOT_LOG_FORMAT", _as_str,
            "text or json (one object per line)"),

@@ -61,7 +61,9 @@ class Handler:
 
     async def on_stop(self, call: Call, reason: str) -> None:
         """The call is over: ``callended`` (caller hung up), ``stopped``, ``hangup`` (we closed),
-        ``socket_closed`` (dropped without ``stop``), ``shutdown`` or ``error``."""
+        ``socket_closed`` (dropped without ``stop``), ``shutdown``, ``error``, or ``session_limit``
+        (Exotel cut the stream at its session limit, 60 minutes by default: see
+        ``Call.session_time_left``)."""
 
     async def run(self, call: Call) -> None:
         """Drive the hooks: ``on_start``, then one hook per event until the call ends.

@@ -43,14 +43,18 @@ from voicebot.events import (
 
 __all__ = [
     "DEFAULT_SAMPLE_RATE",
+    "DEFAULT_SESSION_LIMIT",
     "DTMF_DIGITS",
     "MAX_MEDIA_BYTES",
+    "SESSION_LIMIT_REASON",
+    "SESSION_LIMIT_SLACK",
     "StreamFormat",
     "StreamProtocol",
     "StreamState",
     "parse_custom_parameters",
     "parse_message",
     "rate_from_url",
+    "remote_end_reason",
     "resolve_stream_format",
 ]
 
@@ -59,6 +63,13 @@ DEFAULT_SAMPLE_RATE: Final = 8000
 MAX_MEDIA_BYTES: Final = 100_000
 #: Keys a caller can press. A-D exist on DTMF keypads even if phones rarely have them.
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+#: Exotel's documented longest stream session, in seconds (exotel-protocol.md §2.5; plans may differ).
+DEFAULT_SESSION_LIMIT: Final = 3600.0
+#: A stream Exotel ends this many seconds short of the limit, or later, is taken to have hit it: our
+#: clock starts when ``start`` arrives, Exotel's a little earlier, at the handshake.
+SESSION_LIMIT_SLACK: Final = 5.0
+#: The end reason given to the bot for a stream cut at Exotel's session limit (§12 #17).
+SESSION_LIMIT_REASON: Final = "session_limit"
 
 _NUMBER = re.compile(r"\s*([+-]?\d+)(?:\.0*)?\s*([A-Za-z/]*)\s*")
 _MULAW_MARKERS: Final = ("mulaw", "ulaw", "pcmu", "μlaw", "g711u")
@@ -157,6 +168,20 @@ def parse_custom_parameters(value: Any, where: str = "start.custom_parameters") 
             text = text.replace(",", "&")
         return dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
     raise RemoteProtocolError(f"{where}: expected an object or a string, got {_preview(value)}")
+
+
+def remote_end_reason(reason: str, streamed_seconds: float, session_limit: float | None) -> str:
+    """The end reason to report for a stream that Exotel ended (``stop``, or a close without one).
+
+    ``reason`` is the one Exotel gave (``callended``, ``stopped``, ``socket_closed`` for a bare close,
+    or anything opaque). A stream ended at Exotel's session limit, within :data:`SESSION_LIMIT_SLACK`
+    of ``session_limit`` seconds or later, is reported as :data:`SESSION_LIMIT_REASON` whatever
+    reason it came with: which ``stop.reason`` Exotel sends then is undocumented, and no stream
+    outlives the limit. ``session_limit`` None or 0 means the limit is unknown: ``reason`` is kept.
+    """
+    if session_limit and streamed_seconds >= session_limit - SESSION_LIMIT_SLACK:
+        return SESSION_LIMIT_REASON
+    return reason
 
 
 def _decode_payload(value: Any, encoding: Encoding) -> bytes:

@@ -187,6 +187,7 @@ class Server:
             lead=self.config.lead_ms / 1000,
             chunk_ms=self.config.chunk_ms or None,
             workspace=self.workspace,
+            session_limit=self.config.session_limit,
         )
         self.calls.add(call)
         self._idle.clear()

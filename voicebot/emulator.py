@@ -75,7 +75,7 @@ from voicebot.dialer.api import (
 from voicebot.dialer.config import ExotelConfig
 from voicebot.dialer.errors import ValidationError
 from voicebot.errors import ConfigError
-from voicebot.protocol import rate_from_url
+from voicebot.protocol import DEFAULT_SESSION_LIMIT, rate_from_url
 from voicebot.testing import CallReport, FakeExotel, WireOptions, parse_dtmf_script
 
 __all__ = [
@@ -96,7 +96,7 @@ HANGUP_BY: Final = ("caller", "bot")
 CALLBACK_ENCODINGS: Final = ("json", "urlencoded", "multipart")
 API_FAULTS: Final = ("none", "error_500", "reject_500", "timeout", "garbage")
 #: Exotel's documented longest stream session (§2.5).
-MAX_STREAM_SECONDS: Final = 3600.0
+MAX_STREAM_SECONDS: Final = DEFAULT_SESSION_LIMIT
 RATE_WINDOW: Final = 60.0
 
 

@@ -615,6 +615,10 @@ class OutboundStream:
                 f"got {self._pacer.lead}"
             )
         self._chunker = Chunker(self._plan)
+        # The plan's figures, read on every push and poll.
+        self._rate = self._plan.sample_rate
+        self._chunk_samples = self._plan.chunk_samples
+        self._chunk_duration = self._plan.chunk_duration
         self._prebuffer_samples = math.ceil(self._prebuffer * sample_rate - _EPS)
         # (end position, pushed at) of pending audio; None until a poll or a timed push stamps it
         self._pushes: deque[tuple[int, float | None]] = deque()
@@ -666,13 +670,14 @@ class OutboundStream:
 
     def push(self, samples: Samples, now: float | None = None) -> None:
         """Append int16 samples at the stream rate, available since ``now`` (None: the next poll)."""
-        was_empty = self._chunker.pending_samples == 0
-        pushed_before = self._chunker.pushed_samples
-        self._chunker.push(samples)
-        if self._chunker.pushed_samples == pushed_before:
+        chunker = self._chunker
+        was_empty = chunker._pending == 0
+        pushed_before = chunker._pushed
+        chunker.push(samples)
+        if chunker._pushed == pushed_before:
             return
         if now is None:
-            self._pushes.append((self._chunker.pushed_samples, None))
+            self._pushes.append((chunker._pushed, None))
             self._unstamped = True
             self._utterance_undecided |= was_empty
             self._refresh_due()  # due at once: the next poll stamps it
@@ -682,7 +687,7 @@ class OutboundStream:
             # Decided at the next poll, so that a burst of frames pushed together counts as one.
             self._utterance_undecided = True
             self._undecided_since = now
-        self._pushes.append((self._chunker.pushed_samples, now))
+        self._pushes.append((chunker._pushed, now))
         self._refresh_due()
 
     def add_mark(self, name: str) -> None:
@@ -697,11 +702,14 @@ class OutboundStream:
             return []
         self._decide(now)
         self._forget_played(now)
-        items: list[OutboundItem] = [OutboundMark(name) for name in self._chunker.take_marks()]
-        while self._chunker.pending_samples and now >= self._chunk_due_at() - _EPS:
-            chunk = self._send_chunk(now)
-            items.append(chunk)
-            items.extend(OutboundMark(name) for name in self._chunker.take_marks())
+        chunker = self._chunker
+        items: list[OutboundItem] = (
+            [OutboundMark(name) for name in chunker.take_marks()] if chunker._marks else []
+        )
+        while chunker._pending and now >= self._chunk_due_at() - _EPS:
+            items.append(self._send_chunk(now))
+            if chunker._marks:
+                items.extend(OutboundMark(name) for name in chunker.take_marks())
         self._refresh_due()
         return items
 
@@ -713,9 +721,12 @@ class OutboundStream:
         time after ``now``, nothing may be sent before then, and a poll at that time gives the same
         result as polling now and then.
         """
-        self._decide(now)
-        self._refresh_due()
-        return self.next_wakeup(now)
+        if self._unstamped or self._utterance_undecided:
+            self._decide(now)
+            self._refresh_due()
+        # Otherwise nothing changed since the last push, mark, poll or clear refreshed the due time.
+        due = self._due_at
+        return None if due is None else max(now, due)
 
     def _decide(self, now: float) -> None:
         """Stamp audio pushed without a time, and decide whether it starts an utterance, as of ``now``."""
@@ -770,19 +781,21 @@ class OutboundStream:
 
     def _chunk_due_at(self) -> float:
         """When the next chunk of pending audio may go (pending must be non-empty)."""
-        plan = self._plan
-        pending = self._chunker.pending_samples
+        pending = self._chunker._pending
+        chunk = self._chunk_samples
+        pacer = self._pacer
         if self._utterance_since is not None:
-            if pending >= plan.chunk_samples + self._prebuffer_samples:
+            if pending >= chunk + self._prebuffer_samples:
                 hold = -math.inf
             else:
-                hold = self._utterance_since + plan.chunk_duration + self._prebuffer
-        elif pending >= plan.chunk_samples:
+                hold = self._utterance_since + self._chunk_duration + self._prebuffer
+        elif pending >= chunk:
             hold = -math.inf
         else:
-            hold = self._pacer.flush_deadline()
-        duration = self._chunker.next_chunk_samples / plan.sample_rate
-        return max(hold, self._pacer.earliest_send_time(duration))
+            hold = pacer.flush_deadline()
+        duration = self._chunk_duration if pending >= chunk else self._chunker.next_chunk_samples / self._rate
+        earliest = pacer.earliest_send_time(duration)
+        return hold if hold > earliest else earliest
 
     def _decide_utterance(self, now: float) -> None:
         """Decide whether audio pushed into an empty chunker starts a new utterance.
@@ -810,28 +823,34 @@ class OutboundStream:
         self._unstamped = False
 
     def _refresh_due(self) -> None:
-        if self._unstamped or self._utterance_undecided or self._chunker.has_ready_marks:
+        chunker = self._chunker
+        if self._unstamped or self._utterance_undecided or (chunker._marks and chunker.has_ready_marks):
             self._due_at = -math.inf
-        elif self._chunker.pending_samples:
+        elif chunker._pending:
             self._due_at = self._chunk_due_at()
         else:
             self._due_at = None
 
     def _send_chunk(self, now: float) -> OutboundChunk:
-        full = self._chunker.pending_samples >= self._plan.chunk_samples
-        first = self._chunker.emitted_samples
-        chunk = self._chunker.take_chunk() if full else self._chunker.flush_partial()
+        chunker = self._chunker
+        full = chunker._pending >= self._chunk_samples
+        first = chunker.emitted_samples
+        chunk = chunker.take_chunk() if full else chunker.flush_partial()
         assert chunk is not None  # pending is non-empty
+        audio_samples = chunk.audio_samples
+        end = first + audio_samples
         # A full chunk was ready when its last sample arrived, a padded one since its first; the start
         # of an utterance is held on purpose and so never counts as an underrun.
-        ready_at = (
-            None if self._utterance_since is not None else self._pushed_at(chunk.end - 1 if full else first)
-        )
+        ready_at = None if self._utterance_since is not None else self._pushed_at(end - 1 if full else first)
         self._utterance_since = None
-        while self._pushes and self._pushes[0][0] <= chunk.end:
-            self._pushes.popleft()
-        play_start = self._pacer.record_sent(chunk.duration, now, ready_at=ready_at)
-        self._sent.append(_Sent(chunk.start, chunk.audio_samples, play_start, self._pacer.play_end))
+        pushes = self._pushes
+        while pushes and pushes[0][0] <= end:
+            pushes.popleft()
+        pacer = self._pacer
+        play_start = pacer.record_sent(
+            self._chunk_duration if full else chunk.duration, now, ready_at=ready_at
+        )
+        self._sent.append(_Sent(first, audio_samples, play_start, pacer._play_end))
         if chunk.padding:
             self._padded_chunks += 1
         return chunk

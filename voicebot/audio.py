@@ -546,25 +546,26 @@ class FrameSplitter:
         """Add samples; return the frames they complete, in order (possibly none)."""
         remaining = _require_samples(samples, "samples")
         size = self._frame_samples
-        frames: list[Samples] = []
-        if self._pending:
-            taken = min(size - self._pending, remaining.shape[0])
-            self._partial[self._pending : self._pending + taken] = remaining[:taken]
-            self._pending += taken
-            remaining = remaining[taken:]
-            if self._pending < size:
-                return frames
-            frames.append(self._partial.copy())
-            self._pending = 0
-        framed = remaining.shape[0] // size * size
-        if framed:
-            block = remaining[:framed].copy()  # one copy for all the frames, sliced into views of it
-            frames += [block[start : start + size] for start in range(0, framed, size)]
-        rest = remaining.shape[0] - framed
+        pending = self._pending
+        total = pending + remaining.shape[0]
+        if total < size:
+            self._partial[pending:total] = remaining
+            self._pending = total
+            return []
+        # The frames are views of one new block: the pending samples, then the new ones.
+        framed = total - total % size
+        block = np.empty(framed, dtype=_INT16)
+        if pending:
+            block[:pending] = self._partial[:pending]
+        used = framed - pending
+        block[pending:] = remaining[:used]
+        rest = total - framed
         if rest:
-            self._partial[:rest] = remaining[framed:]
+            self._partial[:rest] = remaining[used:]
         self._pending = rest
-        return frames
+        if framed == size:
+            return [block]
+        return [block[start : start + size] for start in range(0, framed, size)]
 
     def flush(self, pad: bool = True) -> Samples | None:
         """Return the pending samples (zero-padded to a full frame if ``pad``) or None if there are none."""

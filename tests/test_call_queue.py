@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from voicebot.call import AudioFrame, CallEnded, _InboundQueue
@@ -51,3 +53,19 @@ async def test_drop_audio_forgets_frames_but_not_control_events() -> None:
     queue.put_frames(frames(4, 1))
     assert drain(queue) == [press, 4]
     assert queue.drop_audio() == 0
+
+
+async def test_a_waiting_handler_wakes_for_audio_and_for_control_events() -> None:
+    queue = _InboundQueue(max_audio=10)
+    press = Dtmf(digit="9")
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)  # the handler is now waiting on an empty queue
+    assert not waiting.done()
+    queue.put_frames(frames(0, 2))
+    first = await asyncio.wait_for(waiting, 5)
+    assert isinstance(first, AudioFrame) and first.index == 0
+    assert (await queue.get()).index == 1  # type: ignore[union-attr]
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_control(press)
+    assert await asyncio.wait_for(waiting, 5) is press

@@ -215,7 +215,7 @@ class _InboundQueue:
         self._max_audio = max_audio
         self._events: deque[CallEvent] = deque()
         self._audio = 0  # frames among _events
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the handler, waiting for an event
         self.dropped = 0
 
     def put_frames(self, frames: list[AudioFrame]) -> None:
@@ -224,11 +224,11 @@ class _InboundQueue:
         self._audio += len(frames)
         if self._audio > self._max_audio:
             self._drop_oldest(self._audio - self._max_audio)
-        self._ready.set()
+        self._wake_waiter()
 
     def put_control(self, event: Dtmf | CallEnded) -> None:
         self._events.append(event)
-        self._ready.set()
+        self._wake_waiter()
 
     def _drop_oldest(self, count: int) -> None:
         events = self._events
@@ -255,6 +255,11 @@ class _InboundQueue:
             self._audio = 0
         return count
 
+    def _wake_waiter(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def get_nowait(self) -> CallEvent | None:
         """The next event, or None if there is none yet."""
         if not self._events:
@@ -266,8 +271,12 @@ class _InboundQueue:
 
     async def get(self) -> CallEvent:
         while not self._events:
-            self._ready.clear()
-            await self._ready.wait()
+            # A bare future rather than an asyncio.Event: this wait happens once per wire chunk.
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         event = self.get_nowait()
         assert event is not None
         return event

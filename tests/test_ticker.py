@@ -59,6 +59,24 @@ async def test_a_client_asking_for_now_forever_cannot_starve_the_loop() -> None:
 
 
 @pytest.mark.timeout(10)
+async def test_requests_for_now_are_served_at_once_and_keep_a_later_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    ticker = Ticker(resolution=0.002)
+    runner = asyncio.create_task(ticker.run())
+    later = Client([None])
+    due = loop.time() + 0.1
+    ticker.schedule(later, due)
+    now_clients = [Client([None]) for _ in range(3)]
+    for client in now_clients:
+        ticker.schedule(client, loop.time())
+    await asyncio.wait_for(asyncio.gather(*(client.done.wait() for client in now_clients)), 2)
+    assert not later.ticked  # not early
+    await asyncio.wait_for(later.done.wait(), 2)  # and not forgotten
+    runner.cancel()
+    assert later.ticked[0] >= due - 0.002 and len(later.ticked) == 1
+
+
+@pytest.mark.timeout(10)
 async def test_an_earlier_request_rearms_the_timer() -> None:
     loop = asyncio.get_running_loop()
     ticker = Ticker()

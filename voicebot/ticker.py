@@ -41,7 +41,8 @@ class Ticker:
         self._order = itertools.count()
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self._armed_for = float("inf")
+        self._armed_for = float("inf")  # when the timer fires (inf: no timer)
+        self._soon = False  # a wake-up is already queued for the next loop iteration
         self.wakeups = 0
         self.ticks = 0
 
@@ -60,11 +61,23 @@ class Ticker:
         self._deadline.pop(client, None)
 
     def _arm(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        if when <= loop.time():
+            # Due already (a call that just got audio to send): wake on the next iteration and leave
+            # the timer armed for the later deadline, rather than re-creating it for every such call.
+            if not self._soon:
+                self._soon = True
+                loop.call_soon(self._wake.set)
+            return
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
         self._armed_for = when
-        self._timer = loop.call_at(when, self._wake.set)
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._armed_for = float("inf")
+        self._wake.set()
 
     async def run(self) -> None:
         """Serve deadlines until cancelled."""
@@ -72,8 +85,7 @@ class Ticker:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._timer = None
-            self._armed_for = float("inf")
+            self._soon = False
             self.wakeups += 1
             now = loop.time()
             horizon = now + self.resolution

@@ -343,6 +343,7 @@ class Call:
         # Held in one reused buffer: a burst is copied once, into place, and resampled from there.
         self._held_out = np.zeros(handler.sample_rate // 10, dtype=_INT16)
         self._held_out_samples = 0
+        self._held_out_base = 0  # the outbound stream's end when the held audio began
         self._held_out_end = 0  # where the held audio ends in the outbound stream, once resampled
         # Releases the held audio once the bot's current burst of plays is over (see play_nowait).
         self._release_handle: asyncio.Handle | None = None
@@ -465,9 +466,13 @@ class Call:
             return gone
         if rate == self.handler_rate:
             held, count = self._held_out_samples, pcm.shape[0]
-            # Positions as _stream_position() gives them before and after this audio is held.
-            pushed = outbound.pushed_samples
-            start = self._held_out_end if held else pushed
+            # Positions as _stream_position() gives them before and after this audio is held. Nothing
+            # is pushed to the outbound stream while audio is held, so its end is read once per burst.
+            if held:
+                start = self._held_out_end
+                pushed = self._held_out_base
+            else:
+                start = pushed = self._held_out_base = outbound.pushed_samples
             end = pushed + resampler.outputs_for(held + count)
             buffer = self._held_out
             if held + count > buffer.shape[0]:

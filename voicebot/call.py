@@ -60,8 +60,9 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 _LOGGED_PROTOCOL_ERRORS: Final = 5
 #: Names of marks cancelled by clear() kept to recognise their late echoes.
 _MAX_CANCELLED_MARKS: Final = 1000
-#: Seconds of held bot audio whose buffer is kept for the next burst; a larger one is given back.
-_HELD_OUT_KEPT: Final = 1
+#: Seconds of held bot audio whose buffer is kept for the next burst (an echo bot holds 0.1 s); one
+#: grown larger, by a prompt, is given back, so that a greeting does not cost every call 16 KiB.
+_HELD_OUT_KEPT: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -851,7 +852,7 @@ class Call:
         # process() copies what it reads, so the buffer is free for the next burst when it returns.
         self._outbound.push(self._out_resampler.process(self._held_out[:held]), now)
         assert self._outbound.pushed_samples == expected_end, "playback positions went wrong"
-        if self._held_out.shape[0] > _HELD_OUT_KEPT * self.handler_rate:
+        if self._held_out.shape[0] > int(_HELD_OUT_KEPT * self.handler_rate):
             self._held_out = np.zeros(self.handler_rate // 10, dtype=_INT16)  # after a long prompt
 
     def _grow_held_out(self, needed: int) -> Samples:

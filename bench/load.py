@@ -1,7 +1,7 @@
 """N concurrent simulated Exotel calls against voicebot's echo bot and a bare ``websockets`` baseline.
 
     python bench/load.py [--quick] [--max-n N] [--steps 50,100,...] [--window S] [--json FILE]
-                         [--profile FILE [--profile-n N]]
+                         [--pairs K] [--pin] [--profile FILE [--profile-n N]]
 
 Each measurement starts a fresh server as its own process and drives it from this process (a lean
 Exotel-side client, ``bench/loadclient.py``), so the client's CPU is never counted as the server's:
@@ -15,7 +15,10 @@ Exotel-side client, ``bench/loadclient.py``), so the client's CPU is never count
 Calls are 8 kHz PCM16 with 100 ms media chunks at real-time pace, each chunk sent at its absolute
 deadline (``start + k × 100 ms``). A run: start the server, one warm-up with 2 calls, read the
 server's RSS at 0 calls, open N calls over ``N/200`` s, let them settle (greeting, mark echo), then
-measure for ``--window`` seconds, then hang every call up with ``stop``.
+measure for ``--window`` seconds, then hang every call up with ``stop``. With ``--pin`` (Linux) every
+server runs on one CPU of its own and the client on the others, so that "per core" is literally one
+core's work and the client's load never lands on the server's core; without it the scheduler moves
+both as it likes.
 
 Figures and how they are taken:
 
@@ -186,7 +189,7 @@ def free_port() -> int:
 class ServerProcess:
     """A server under test, in its own process, its output in a temporary file."""
 
-    def __init__(self, kind: ServerKind) -> None:
+    def __init__(self, kind: ServerKind, cpus: frozenset[int] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.command = kind.command(self.port)
@@ -195,6 +198,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
+        if cpus:
+            os.sched_setaffinity(self.process.pid, cpus)
 
     @property
     def pid(self) -> int:
@@ -252,6 +257,7 @@ class RunOptions:
     """Timing of one run."""
 
     window: float
+    server_cpus: frozenset[int] | None = None  # --pin: the CPU every server runs on
     settle: float = 2.5
     tail: float = 0.6
     calls_per_second: float = 200.0
@@ -345,7 +351,7 @@ async def run_once(
     kind: ServerKind, n: int, options: RunOptions, profile_to: Path | None = None
 ) -> RunResult:
     """Start ``kind``'s server, put ``n`` calls on it, measure one window, and tear it all down."""
-    server = ServerProcess(kind)
+    server = ServerProcess(kind, options.server_cpus)
     try:
         await server.wait_ready()
         url = f"ws://{HOST}:{server.port}/media?sample-rate={RATE}"
@@ -638,7 +644,7 @@ def _doubling(start: int, cap: int) -> list[int]:
 
 async def search(args: argparse.Namespace) -> list[Step]:
     """Measure the given steps, or double N until voicebot breaks the bar and then bisect."""
-    options = RunOptions(window=args.window)
+    options = RunOptions(window=args.window, server_cpus=args.server_cpus)
     steps: list[Step] = []
     if args.steps:
         for n in args.steps:
@@ -695,7 +701,8 @@ async def profile(args: argparse.Namespace, steps: list[Step]) -> None:
     n = args.profile_n or (max(good) if good else (steps[0].n if steps else 100))
     window = max(args.window, PROFILE_SECONDS)
     print(f"\n== Profile: {VOICEBOT.label} at N = {n}, py-spy at {PROFILE_RATE} Hz for {window:.0f} s ==")
-    result = await run_once(VOICEBOT, n, RunOptions(window=window), profile_to=args.profile)
+    options = RunOptions(window=window, server_cpus=args.server_cpus)
+    result = await run_once(VOICEBOT, n, options, profile_to=args.profile)
     print(ROW_HEADER)
     print(format_row(result))
     print(
@@ -723,6 +730,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the baseline and voicebot this many times per step, alternately, and keep the median "
         "ratio (default 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pin", action="store_true",
+        help="run every server on one CPU of its own and this client on the others (Linux, 2+ CPUs), so "
+        "that calls per core are one core's and the client never shares it",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the echo server into this file")
     parser.add_argument(
@@ -734,10 +746,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.refine = args.refine if args.refine is not None else (0 if args.quick else 2)
     if args.start < 1 or args.max_n < args.start or args.window <= 0 or args.pairs < 1:
         parser.error("need 1 <= --start <= --max-n, --window > 0 and --pairs >= 1")
+    args.server_cpus = None
+    if args.pin:
+        usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(usable) < 2:
+            parser.error("--pin needs Linux and at least 2 CPUs this process may use")
+        args.server_cpus = frozenset(usable[-1:])
+        os.sched_setaffinity(0, usable[:-1])  # the client, and the py-spy it starts
 
     print(
         f"load bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {sys.platform}; "
-        f"window {args.window:.0f} s per run, {args.pairs} baseline/voicebot pair(s) per step;\n"
+        f"window {args.window:.0f} s per run, {args.pairs} baseline/voicebot pair(s) per step"
+        + (f"; servers pinned to CPU {min(args.server_cpus)}, the client to the others" if args.pin else "")
+        + ";\n"
         f"  bars: CPU <= {CPU_BAR:.0%} of a core, p99 latency <= "
         f"{LATENCY_BAR * 1e3:.0f} ms, underruns <= {UNDERRUN_BAR:.1%}, client lateness p99 <= "
         f"{CLIENT_LATE_BAR * 1e3:.0f} ms"

@@ -703,13 +703,10 @@ class OutboundStream:
         self._decide(now)
         self._forget_played(now)
         chunker = self._chunker
-        items: list[OutboundItem] = (
-            [OutboundMark(name) for name in chunker.take_marks()] if chunker._marks else []
-        )
+        items: list[OutboundItem] = [OutboundMark(name) for name in chunker.take_marks()]
         while chunker._pending and now >= self._chunk_due_at() - _EPS:
             items.append(self._send_chunk(now))
-            if chunker._marks:
-                items.extend(OutboundMark(name) for name in chunker.take_marks())
+            items.extend(OutboundMark(name) for name in chunker.take_marks())
         self._refresh_due()
         return items
 
@@ -725,8 +722,7 @@ class OutboundStream:
             self._decide(now)
             self._refresh_due()
         # Otherwise nothing changed since the last push, mark, poll or clear refreshed the due time.
-        due = self._due_at
-        return None if due is None else max(now, due)
+        return self.next_wakeup(now)
 
     def _decide(self, now: float) -> None:
         """Stamp audio pushed without a time, and decide whether it starts an utterance, as of ``now``."""
@@ -793,7 +789,7 @@ class OutboundStream:
             hold = -math.inf
         else:
             hold = pacer.flush_deadline()
-        duration = self._chunk_duration if pending >= chunk else self._chunker.next_chunk_samples / self._rate
+        duration = self._chunker.next_chunk_samples / self._rate
         earliest = pacer.earliest_send_time(duration)
         return hold if hold > earliest else earliest
 
@@ -824,7 +820,7 @@ class OutboundStream:
 
     def _refresh_due(self) -> None:
         chunker = self._chunker
-        if self._unstamped or self._utterance_undecided or (chunker._marks and chunker.has_ready_marks):
+        if self._unstamped or self._utterance_undecided or chunker.has_ready_marks:
             self._due_at = -math.inf
         elif chunker._pending:
             self._due_at = self._chunk_due_at()
@@ -847,9 +843,7 @@ class OutboundStream:
         while pushes and pushes[0][0] <= end:
             pushes.popleft()
         pacer = self._pacer
-        play_start = pacer.record_sent(
-            self._chunk_duration if full else chunk.duration, now, ready_at=ready_at
-        )
+        play_start = pacer.record_sent(chunk.duration, now, ready_at=ready_at)
         self._sent.append(_Sent(first, audio_samples, play_start, pacer._play_end))
         if chunk.padding:
             self._padded_chunks += 1

@@ -703,10 +703,14 @@ class OutboundStream:
         self._decide(now)
         self._forget_played(now)
         chunker = self._chunker
-        items: list[OutboundItem] = [OutboundMark(name) for name in chunker.take_marks()]
+        # Marks are rare (one per awaited playback): look for them only when there are some.
+        items: list[OutboundItem] = (
+            [OutboundMark(name) for name in chunker.take_marks()] if chunker._marks else []
+        )
         while chunker._pending and now >= self._chunk_due_at() - _EPS:
             items.append(self._send_chunk(now))
-            items.extend(OutboundMark(name) for name in chunker.take_marks())
+            if chunker._marks:
+                items.extend(OutboundMark(name) for name in chunker.take_marks())
         self._refresh_due()
         return items
 
@@ -820,7 +824,8 @@ class OutboundStream:
 
     def _refresh_due(self) -> None:
         chunker = self._chunker
-        if self._unstamped or self._utterance_undecided or chunker.has_ready_marks:
+        # The emptiness check first: marks are rare, and it saves a property call twice per chunk.
+        if self._unstamped or self._utterance_undecided or (chunker._marks and chunker.has_ready_marks):
             self._due_at = -math.inf
         elif chunker._pending:
             self._due_at = self._chunk_due_at()

@@ -818,14 +818,9 @@ class Call:
         if not playbacks or playbacks[0].awaited or self._outbound is None:
             return
         played = self._outbound.played_samples(now)
-        while playbacks:
-            playback = playbacks[0]
-            if playback._future is not None or playback.end > played:  # awaited, or still playing
-                break
-            playbacks.popleft()
-            # Completed in place: nobody awaits it, and it is neither interrupted nor confirmed.
-            playback._done = True
-            playback.heard = playback.duration
+        while playbacks and not playbacks[0].awaited and playbacks[0].end <= played:
+            playback = playbacks.popleft()
+            playback._complete(playback.duration, interrupted=False, confirmed=False)
 
     def _socket_has_room(self) -> bool:
         transport = self._connection.transport

@@ -849,7 +849,7 @@ class OutboundStream:
             pushes.popleft()
         pacer = self._pacer
         play_start = pacer.record_sent(chunk.duration, now, ready_at=ready_at)
-        self._sent.append(_Sent(first, audio_samples, play_start, pacer._play_end))
+        self._sent.append(_Sent(first, audio_samples, play_start, pacer.play_end))
         if chunk.padding:
             self._padded_chunks += 1
         return chunk

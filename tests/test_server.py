@@ -297,6 +297,14 @@ class Stopper(Recorder):
         type(self).notes.append(reason)
 
 
+async def until_noted(bot: type[Recorder], count: int) -> None:
+    """Wait (up to ~2 s) until ``bot`` has ``count`` notes: the server sees a close after the client."""
+    for _ in range(100):
+        if len(bot.notes) >= count:
+            return
+        await asyncio.sleep(0.02)  # polling for the server side to observe the close
+
+
 @pytest.mark.parametrize(
     ("how", "reason"),
     [("callended", "callended"), ("stopped", "stopped"), (None, "socket_closed"), ("abort", "socket_closed")],
@@ -311,10 +319,7 @@ async def test_every_way_a_call_ends_reaches_on_stop(how: str | None, reason: st
                 await exotel.hangup(None, abort=True)
             else:
                 await exotel.hangup(how)
-        for _ in range(100):
-            if bot.notes:
-                break
-            await asyncio.sleep(0.02)  # polling for the server side to observe the close
+        await until_noted(bot, 1)
     assert bot.notes == [reason]
 
 
@@ -334,10 +339,7 @@ async def test_a_stream_cut_at_the_session_limit_ends_with_its_own_reason(
         async with FakeExotel(url) as exotel:
             await exotel.run(1.0)
             await exotel.hangup(how)
-        for _ in range(100):
-            if len(bot.notes) == 2:
-                break
-            await asyncio.sleep(0.02)  # polling for the server side to observe the close
+        await until_noted(bot, 2)
     time_left, ended = bot.notes
     assert isinstance(time_left, float) and 4.3 < time_left <= 5.3
     assert ended == reason

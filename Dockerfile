@@ -1,15 +1,20 @@
 # syntax=docker/dockerfile:1
 # voicebot media server. Build: docker build -t voicebot .   Run: docker run -p 8080:8080 voicebot
 
-# --- build stage: compile wheels (uvloop, numpy) once, so the runtime image needs no compiler -----------
+# --- build stage: install into a venv once, compiling the resampler's C kernel, so the runtime image
+# needs no compiler ----------------------------------------------------------------------------------------
 FROM python:3.13-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY voicebot ./voicebot
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install .
+ && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/python -c "import voicebot._dsp"
 
 # --- runtime stage ----------------------------------------------------------------------------------------
 FROM python:3.13-slim

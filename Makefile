@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py and the C source too: an editable install compiles the resampler's kernel once, so a change
+# to it needs a reinstall.
+$(STAMP): pyproject.toml setup.py voicebot/_dsp.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -33,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dsp.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build voicebot/_dsp.*.so

@@ -255,21 +255,29 @@ def codec_table(seconds: float, repeats: int) -> None:
 
 def resampler_table(seconds: float, repeats: int) -> list[tuple[str, float]]:
     print()
-    print("== Resamplers: µs per call, min / median; ratio = voicebot / soxr (min) ==")
-    print(f"  {'pair':<13} {'cadence':>7}  {'voicebot':>18}  {'soxr HQ':>18}  {'audioop.ratecv':>18}  ratio")
+    kernel = "compiled kernel" if audio.compiled_resampler_available() else "numpy: kernel not built"
+    print(f"== Resamplers: µs per call, min / median; ratio = voicebot ({kernel}) / soxr (min) ==")
+    print(
+        f"  {'pair':<13} {'cadence':>7}  {'voicebot':>18}  {'voicebot numpy':>18}  {'soxr HQ':>18}  "
+        f"{'audioop.ratecv':>18}  ratio"
+    )
     ratios: list[tuple[str, float]] = []
     for src, dst in PAIRS:
         signal = speech_like(seconds, src)
         for span in (FRAME_S, CHUNK_S):
             frames = cut(signal, round(span * src))
             ours = time_calls(voicebot_stream(src, dst), frames, repeats)
+            reference = time_calls(audio.Resampler(src, dst, compiled=False).process, frames, repeats)
             stream = soxr_stream(src, dst)
             theirs = time_calls(stream, frames, repeats) if stream else None
             linear = time_calls(ratecv_stream(src, dst), frames, repeats)
             ratio = f"{ours[0] / theirs[0]:5.2f}x" if theirs else "  n/a"
             pair = f"{src // 1000}k→{dst // 1000}k"
             soxr_text = fmt(theirs) if theirs else f"{'(soxr missing)':>18}"
-            print(f"  {pair:<13} {span * 1000:5.0f}ms  {fmt(ours)}  {soxr_text}  {fmt(linear)}  {ratio}")
+            print(
+                f"  {pair:<13} {span * 1000:5.0f}ms  {fmt(ours)}  {fmt(reference)}  {soxr_text}  "
+                f"{fmt(linear)}  {ratio}"
+            )
             if theirs:
                 ratios.append((f"{span * 1000:.0f}ms", ours[0] / theirs[0]))
     return ratios

@@ -63,3 +63,12 @@ def test_copies_what_it_serves(needed: str) -> None:
 def test_dockerignore_keeps_the_venv_out() -> None:
     ignore = (Path(__file__).resolve().parent.parent / ".dockerignore").read_text().split()
     assert ".venv*" in ignore and ".git" in ignore
+
+
+def test_build_stage_compiles_the_resampler_kernel_and_the_runtime_has_no_compiler() -> None:
+    joined = DOCKERFILE.replace("\\\n", " ")
+    build, *_, runtime = re.split(r"^FROM ", joined, flags=re.MULTILINE)[1:]
+    assert "setup.py" in build and "gcc" in build
+    # The install skips a kernel it cannot compile; the image must not ship without it.
+    assert "import voicebot._dsp" in build
+    assert "gcc" not in runtime

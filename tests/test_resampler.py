@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from voicebot import dspmetrics
-from voicebot.audio import Resampler, ResamplerWorkspace
+from voicebot import audio, dspmetrics
+from voicebot.audio import Resampler, ResamplerWorkspace, compiled_resampler_available
 from voicebot.errors import ConfigError
 
 with warnings.catch_warnings():
@@ -28,6 +28,11 @@ LATENCY_MAX_SECONDS = 0.003  # group delay plus anything held back
 PASSBAND_GAIN_TOLERANCE_DB = 0.05  # a 1 kHz tone keeps its level
 
 PAIRS = [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (16000, 24000), (24000, 16000)]
+needs_kernel = pytest.mark.skipif(
+    not compiled_resampler_available(), reason="voicebot._dsp not built (no C compiler at install)"
+)
+# Both ways a step can run: the compiled kernel where it was built, and the numpy reference.
+KERNELS = [pytest.param(True, id="compiled", marks=needs_kernel), pytest.param(False, id="numpy")]
 Int16Array = npt.NDArray[np.int16]
 
 
@@ -166,6 +171,87 @@ def test_one_sample_at_a_time_and_huge_calls_match(src_rate: int, dst_rate: int)
     assert np.array_equal(np.concatenate(pieces), expected)
 
 
+@needs_kernel
+@settings(max_examples=80, deadline=None)
+@given(
+    pair=st.sampled_from(PAIRS),
+    taps_per_phase=st.sampled_from([4, 9, 32, 64, 256]),
+    data=st.data(),
+)
+def test_compiled_kernel_gives_the_numpy_reference_bit_for_bit(
+    pair: tuple[int, int], taps_per_phase: int, data: st.DataObject
+) -> None:
+    # Whatever the stream does: chunks of any size (empty, one sample, longer than a numpy step),
+    # full-scale samples that make the filter ring past int16, strided views, flushes and resets.
+    src_rate, dst_rate = pair
+    compiled = Resampler(src_rate, dst_rate, taps_per_phase=taps_per_phase, compiled=True)
+    reference = Resampler(src_rate, dst_rate, taps_per_phase=taps_per_phase, compiled=False)
+    assert compiled.compiled and not reference.compiled
+    loud = st.sampled_from([-32768, 32767, 0, 1, -1])
+    steps = data.draw(
+        st.lists(st.one_of(st.integers(-2, 6000), st.just(1)), min_size=1, max_size=12), label="steps"
+    )
+    for number, size in enumerate(steps):
+        if size == -1:
+            got, want = compiled.flush(), reference.flush()
+        elif size == -2:
+            compiled.reset()
+            reference.reset()
+            continue
+        else:
+            chunk = noise(2 * size, seed=number)[::2] if number % 3 == 1 else noise(size, seed=number)
+            if number % 2:
+                chunk = chunk.copy()
+                chunk[:: max(1, size // 7)] = data.draw(loud, label="loud")
+            got, want = compiled.process(chunk), reference.process(chunk)
+        assert got.dtype == np.int16 and got.flags.writeable
+        assert np.array_equal(got, want)
+
+
+def test_compiled_true_without_the_kernel_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audio, "_dsp", None)
+    assert not compiled_resampler_available()
+    with pytest.raises(ConfigError, match="compiled"):
+        Resampler(8000, 16000, compiled=True)
+    assert not Resampler(8000, 16000).compiled  # the default falls back to numpy
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"out": np.empty(4, dtype=np.int32)}, TypeError),  # not int16
+        ({"history": np.zeros(8, dtype=np.float32)}, TypeError),  # not float64
+        ({"held": 9}, ValueError),  # more history than the buffer has
+        ({"keep_start": 40}, ValueError),  # keeps more than came in
+        ({"keep_start": -1}, ValueError),
+        ({"up": 0}, ValueError),
+        ({"taps": np.zeros(5)}, ValueError),  # not a whole number of phases
+        ({"first": -1}, ValueError),
+    ],
+)
+def test_kernel_refuses_arguments_that_would_reach_outside_its_buffers(
+    change: dict[str, object], error: type[Exception]
+) -> None:
+    # The kernel indexes raw memory: a caller's mistake must be an exception, never a crash.
+    kernel = audio._dsp
+    assert kernel is not None
+    arguments: dict[str, object] = {
+        "out": np.empty(4, dtype=np.int16),
+        "history": np.zeros(8),
+        "chunk": np.zeros(16, dtype=np.int16),
+        "taps": np.ones(4),
+        "held": 0,
+        "up": 2,
+        "down": 1,
+        "first": 0,
+        "keep_start": 10,
+    }
+    arguments.update(change)
+    with pytest.raises(error):
+        kernel.polyphase_step(*arguments.values())
+
+
 @pytest.mark.parametrize(("src_rate", "dst_rate"), PAIRS)
 def test_output_count_formula(src_rate: int, dst_rate: int) -> None:
     resampler = Resampler(src_rate, dst_rate)
@@ -197,10 +283,11 @@ def test_reset_and_flush_start_a_fresh_stream(src_rate: int, dst_rate: int) -> N
     assert np.array_equal(np.concatenate([reused.process(utterance), reused.flush()]), expected)
 
 
+@pytest.mark.parametrize("compiled", KERNELS)
 @pytest.mark.parametrize(("src_rate", "dst_rate"), PAIRS)
-def test_output_is_the_documented_filter_exactly(src_rate: int, dst_rate: int) -> None:
+def test_output_is_the_documented_filter_exactly(src_rate: int, dst_rate: int, compiled: bool) -> None:
     """Zero-stuff by L, convolve with `filter_taps`, keep every M-th sample: the textbook definition."""
-    resampler = Resampler(src_rate, dst_rate)
+    resampler = Resampler(src_rate, dst_rate, compiled=compiled)
     samples = noise(2000, seed=3)
     got = np.concatenate([resampler.process(samples), resampler.flush()])
 
@@ -266,11 +353,14 @@ def test_latency_is_the_group_delay_and_small(src_rate: int, dst_rate: int) -> N
         assert aligned + held <= LATENCY_MAX_SECONDS
 
 
+@pytest.mark.parametrize("compiled", KERNELS)
 @pytest.mark.parametrize(("src_rate", "dst_rate"), PAIRS)
-def test_full_scale_square_wave_saturates_instead_of_wrapping(src_rate: int, dst_rate: int) -> None:
+def test_full_scale_square_wave_saturates_instead_of_wrapping(
+    src_rate: int, dst_rate: int, compiled: bool
+) -> None:
     period = src_rate // 100  # 100 Hz
     square = np.where(np.arange(src_rate // 2) % period < period // 2, 32767, -32768).astype(np.int16)
-    resampler = Resampler(src_rate, dst_rate)
+    resampler = Resampler(src_rate, dst_rate, compiled=compiled)
     out = np.concatenate([resampler.process(square), resampler.flush()])
 
     # The filter rings past full scale at every edge, so saturation is really exercised here.

@@ -1,3 +1,3 @@
-"""The package version, read by hatchling and by ``python -m voicebot version``."""
+"""The package version, read by the build (setuptools) and by ``python -m voicebot version``."""
 
 __version__ = "0.1.0"

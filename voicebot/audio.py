@@ -27,11 +27,20 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*audioop.*")
     import audioop
 
+
+# The resampler's compiled kernel (voicebot/_dsp.c), built at install time where a C compiler is found.
+# Without it the numpy code below does the same work, bit for bit, at 2-3x the CPU per step.
+try:
+    from voicebot import _dsp
+except ImportError:
+    _dsp = None  # type: ignore[assignment]
+
 __all__ = [
     "FrameSplitter",
     "Resampler",
     "ResamplerWorkspace",
     "Samples",
+    "compiled_resampler_available",
     "decode",
     "encode",
     "pcm16_from_bytes",
@@ -219,6 +228,7 @@ class _FilterDesign:
     reach: int
     row_span: int
     blocks_per_row: int
+    phase_taps: npt.NDArray[np.float64]
 
 
 @functools.lru_cache(maxsize=64)
@@ -229,7 +239,9 @@ def _filter_design(src_rate: int, dst_rate: int, taps_per_phase: int) -> _Filter
     common = math.gcd(src_rate, dst_rate)
     up, down = dst_rate // common, src_rate // common
     if up == down:
-        return _FilterDesign(up, down, _read_only(np.ones(1)), _read_only(np.ones((1, 1))), 0, 0, 0, 1)
+        return _FilterDesign(
+            up, down, _read_only(np.ones(1)), _read_only(np.ones((1, 1))), 0, 0, 0, 1, _read_only(np.ones(1))
+        )
     high_rate = src_rate * up
     edge_hz = min(src_rate, dst_rate) / 2
     # The centre tap sits on a multiple of `down`, so the delay is a whole number of output samples
@@ -263,8 +275,17 @@ def _filter_design(src_rate: int, dst_rate: int, taps_per_phase: int) -> _Filter
     matrix = np.zeros((row_span, blocks_per_row * up))
     for index in range(blocks_per_row):
         matrix[index * down : index * down + block_span, index * up : (index + 1) * up] = block
+    phase_taps = np.ascontiguousarray(block.T).reshape(-1)
     return _FilterDesign(
-        up, down, _read_only(quantized), _read_only(matrix), delay_samples, reach, row_span, blocks_per_row
+        up,
+        down,
+        _read_only(quantized),
+        _read_only(matrix),
+        delay_samples,
+        reach,
+        row_span,
+        blocks_per_row,
+        _read_only(phase_taps),
     )
 
 
@@ -333,10 +354,16 @@ class Resampler:
 
     ``workspace``: a :class:`ResamplerWorkspace` to share with other resamplers used from the same
     thread (a server passes one to all its calls); by default the resampler has its own.
+
+    ``compiled``: run each step in the compiled kernel (``voicebot._dsp``, built at install where a C
+    compiler is found; 2-3x faster per step) or in numpy, the reference. The output is bit-identical
+    either way. None (the default) uses the kernel when it was built; True raises ``ConfigError`` if
+    it was not.
     """
 
     __slots__ = (
         "_blocks_per_row",
+        "_compiled",
         "_delay_samples",
         "_dst_rate",
         "_held",
@@ -345,6 +372,7 @@ class Resampler:
         "_key",
         "_matrix",
         "_output_count",
+        "_phase_taps",
         "_reach",
         "_row_span",
         "_src_rate",
@@ -361,6 +389,7 @@ class Resampler:
         *,
         taps_per_phase: int = 32,
         workspace: ResamplerWorkspace | None = None,
+        compiled: bool | None = None,
     ) -> None:
         self._src_rate = _check_rate("src_rate", src_rate)
         self._dst_rate = _check_rate("dst_rate", dst_rate)
@@ -378,12 +407,22 @@ class Resampler:
         self._reach = design.reach
         self._row_span = design.row_span
         self._blocks_per_row = design.blocks_per_row
+        self._phase_taps = design.phase_taps
+        available = compiled_resampler_available()
+        if compiled and not available:
+            raise ConfigError("compiled=True, but voicebot._dsp was not built (no C compiler at install)")
+        self._compiled = available if compiled is None else compiled
         self._key = (src_rate, dst_rate, taps_per_phase)
         self._work = workspace if workspace is not None else ResamplerWorkspace()
         # The inputs the next outputs still need: history[:held] (see reset).
         self._history = np.zeros(self._row_span + 2 * self._blocks_per_row * self._step_down)
         self._held = 0
         self.reset()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether steps run in the compiled kernel rather than the numpy reference (same output)."""
+        return self._compiled
 
     @property
     def src_rate(self) -> int:
@@ -441,6 +480,8 @@ class Resampler:
         if self._step_up == self._step_down:
             self._input_count += count
             return checked.copy()
+        if self._compiled:
+            return self._step_compiled(checked, None)
         if count <= _MAX_STEP:
             return self._step(checked, None)
         pieces = [self._step(checked[i : i + _MAX_STEP], None) for i in range(0, count, _MAX_STEP)]
@@ -458,7 +499,8 @@ class Resampler:
         up, down = self._step_up, self._step_down
         wanted = -((-self._input_count * up) // down) + self._delay_samples
         padding = max(0, -((-wanted * down) // up) - self._input_count)
-        tail = self._step(np.zeros(padding, dtype=_INT16), wanted)
+        silence = np.zeros(padding, dtype=_INT16)
+        tail = self._step_compiled(silence, wanted) if self._compiled else self._step(silence, wanted)
         self.reset()
         return tail
 
@@ -496,6 +538,30 @@ class Resampler:
         self._keep(buffer, (available // up - first_block) * down, end)
         return result.astype(_INT16)
 
+    def _step_compiled(self, chunk: Samples, limit: int | None) -> Samples:
+        """:meth:`_step` in the compiled kernel: the same outputs and history, of any length of input."""
+        up, down = self._step_up, self._step_down
+        held = self._held
+        count = chunk.shape[0]
+        end = held + count
+        self._input_count += count
+        available = -((-self._input_count * up) // down)
+        if limit is not None and limit < available:
+            available = limit
+        first = self._output_count
+        if available < first:
+            available = first
+        keep_start = (available // up - first // up) * down
+        if end - keep_start > self._history.shape[0]:
+            grown = np.zeros(max(end - keep_start, 2 * self._history.shape[0]))
+            grown[:held] = self._history[:held]
+            self._history = grown
+        result = np.empty(available - first, dtype=_INT16)
+        _dsp.polyphase_step(result, self._history, chunk, self._phase_taps, held, up, down, first, keep_start)
+        self._output_count = available
+        self._held = end - keep_start
+        return result
+
     def _keep(self, buffer: npt.NDArray[np.float64], start: int, end: int) -> None:
         """Save ``buffer[start:end]`` as the history the next step starts from."""
         held = end - start
@@ -503,6 +569,11 @@ class Resampler:
             self._history = np.zeros(max(held, 2 * self._history.shape[0]))
         self._history[:held] = buffer[start:end]
         self._held = held
+
+
+def compiled_resampler_available() -> bool:
+    """Whether the resampler's compiled kernel was built; without it, resampling uses numpy alone."""
+    return _dsp is not None
 
 
 # -------------------------------------------------------------------------------------------- framing

@@ -24,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from voicebot.audio import ResamplerWorkspace
+from voicebot.audio import ResamplerWorkspace, compiled_resampler_available
 from voicebot.call import Call
 from voicebot.config import ServeConfig, parse_auth
 from voicebot.handler import Handler
@@ -243,4 +243,8 @@ def run_server(handler_class: type[Handler], config: ServeConfig, **runner_optio
     factory = _loop_factory(config.loop)
     with asyncio.Runner(loop_factory=factory, **runner_options) as runner:
         log.info("event loop: %s", "uvloop" if factory else "asyncio")
+        if compiled_resampler_available():
+            log.info("resampler: compiled kernel")
+        else:
+            log.warning("resampler: numpy only (2-3x the CPU per step); reinstall with a C compiler present")
         runner.run(_serve_until_signalled(handler_class, config))

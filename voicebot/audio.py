@@ -290,7 +290,8 @@ def _filter_design(src_rate: int, dst_rate: int, taps_per_phase: int) -> _Filter
 
 
 class ResamplerWorkspace:
-    """Work buffers that resamplers can share: one per filter design, reused by every step.
+    """Work buffers that resamplers can share: one per filter design, reused by every numpy step (the
+    compiled kernel keeps its own, for the length of one step).
 
     A step copies its resampler's short history and the new input to the front of a buffer, works
     there, and copies the new history back, so nothing in the buffer outlives a step. A server gives
@@ -516,11 +517,7 @@ class Resampler:
         )
         buffer[:held] = self._history[:held]
         buffer[held:end] = chunk
-        self._input_count += count
-        available = -((-self._input_count * up) // down)
-        if limit is not None and limit < available:
-            available = limit
-        first = self._output_count
+        first, available = self._advance(count, limit)
         if available <= first:
             self._keep(buffer, 0, end)
             return np.zeros(0, dtype=_INT16)
@@ -538,17 +535,21 @@ class Resampler:
         self._keep(buffer, (available // up - first_block) * down, end)
         return result.astype(_INT16)
 
+    def _advance(self, count: int, limit: int | None) -> tuple[int, int]:
+        """Count ``count`` more inputs; return ``(first, available)``: this step makes outputs
+        ``[first, available)`` (none when ``available <= first``), at most up to ``limit``."""
+        self._input_count += count
+        available = -((-self._input_count * self._step_up) // self._step_down)
+        if limit is not None and limit < available:
+            available = limit
+        return self._output_count, available
+
     def _step_compiled(self, chunk: Samples, limit: int | None) -> Samples:
         """:meth:`_step` in the compiled kernel: the same outputs and history, of any length of input."""
         up, down = self._step_up, self._step_down
         held = self._held
-        count = chunk.shape[0]
-        end = held + count
-        self._input_count += count
-        available = -((-self._input_count * up) // down)
-        if limit is not None and limit < available:
-            available = limit
-        first = self._output_count
+        end = held + chunk.shape[0]
+        first, available = self._advance(chunk.shape[0], limit)
         if available < first:
             available = first
         keep_start = (available // up - first // up) * down

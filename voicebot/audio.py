@@ -29,7 +29,7 @@ with warnings.catch_warnings():
 
 
 # The resampler's compiled kernel (voicebot/_dsp.c), built at install time where a C compiler is found.
-# Without it the numpy code below does the same work, bit for bit, at 2-3x the CPU per step.
+# Without it the numpy code below does the same work, bit for bit, at 1.5-3x the CPU per step.
 try:
     from voicebot import _dsp
 except ImportError:
@@ -357,7 +357,7 @@ class Resampler:
     thread (a server passes one to all its calls); by default the resampler has its own.
 
     ``compiled``: run each step in the compiled kernel (``voicebot._dsp``, built at install where a C
-    compiler is found; 2-3x faster per step) or in numpy, the reference. The output is bit-identical
+    compiler is found; 1.5-3x faster per step) or in numpy, the reference. The output is bit-identical
     either way. None (the default) uses the kernel when it was built; True raises ``ConfigError`` if
     it was not.
     """

@@ -246,5 +246,5 @@ def run_server(handler_class: type[Handler], config: ServeConfig, **runner_optio
         if compiled_resampler_available():
             log.info("resampler: compiled kernel")
         else:
-            log.warning("resampler: numpy only (2-3x the CPU per step); reinstall with a C compiler present")
+            log.warning("resampler: numpy only, 1.5-3x the CPU per step (reinstall with a C compiler)")
         runner.run(_serve_until_signalled(handler_class, config))

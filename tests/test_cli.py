@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from voicebot.audio import compiled_resampler_available
 from voicebot.cli import build_parser, main
 from voicebot.config import OPTIONS, ServeConfig
 from voicebot.errors import ConfigError
@@ -126,6 +127,9 @@ async def test_sigterm_drains_live_calls_then_exits_0() -> None:
             process.kill()
         stderr = process.stderr.read().decode() if process.stderr else ""
     assert "draining" in stderr
+    # Operators can tell from the log whether the install has the resampler's compiled kernel.
+    kernel = "resampler: compiled kernel" if compiled_resampler_available() else "resampler: numpy only"
+    assert kernel in stderr
 
 
 @pytest.mark.timeout(60)

@@ -207,8 +207,9 @@ def _kaiser_beta(attenuation_db: float) -> float:
 _COEFF_QUANTUM: Final = 2.0**-30
 
 # Input samples one internal step handles at most; longer inputs are processed in steps, which (by the
-# exactness above) changes nothing, and bounds the shared work buffer: 100 ms at the highest rate, so
-# a wire chunk or a burst of bot audio is one step.
+# exactness above) changes nothing, and bounds a step's work buffer (the shared workspace's, or the one
+# the compiled kernel allocates, so a minute-long prompt does not cost megabytes at once): 100 ms at the
+# highest rate, so a wire chunk or a burst of bot audio is one step.
 _MAX_STEP: Final = 2400
 # Outputs computed per row of the window matrix. One output per row makes the strided view copy the
 # whole filter span for every output (a 33-65x blow-up of the input); ~16 per row shares that span
@@ -481,11 +482,10 @@ class Resampler:
         if self._step_up == self._step_down:
             self._input_count += count
             return checked.copy()
-        if self._compiled:
-            return self._step_compiled(checked, None)
+        step = self._step_compiled if self._compiled else self._step
         if count <= _MAX_STEP:
-            return self._step(checked, None)
-        pieces = [self._step(checked[i : i + _MAX_STEP], None) for i in range(0, count, _MAX_STEP)]
+            return step(checked, None)
+        pieces = [step(checked[i : i + _MAX_STEP], None) for i in range(0, count, _MAX_STEP)]
         return np.concatenate(pieces)
 
     def flush(self) -> Samples:

@@ -482,10 +482,9 @@ class Resampler:
         if self._step_up == self._step_down:
             self._input_count += count
             return checked.copy()
-        step = self._step_compiled if self._compiled else self._step
         if count <= _MAX_STEP:
-            return step(checked, None)
-        pieces = [step(checked[i : i + _MAX_STEP], None) for i in range(0, count, _MAX_STEP)]
+            return self._step(checked, None)
+        pieces = [self._step(checked[i : i + _MAX_STEP], None) for i in range(0, count, _MAX_STEP)]
         return np.concatenate(pieces)
 
     def flush(self) -> Samples:
@@ -500,12 +499,17 @@ class Resampler:
         up, down = self._step_up, self._step_down
         wanted = -((-self._input_count * up) // down) + self._delay_samples
         padding = max(0, -((-wanted * down) // up) - self._input_count)
-        silence = np.zeros(padding, dtype=_INT16)
-        tail = self._step_compiled(silence, wanted) if self._compiled else self._step(silence, wanted)
+        tail = self._step(np.zeros(padding, dtype=_INT16), wanted)
         self.reset()
         return tail
 
     def _step(self, chunk: Samples, limit: int | None) -> Samples:
+        """One step of at most ``_MAX_STEP`` inputs, giving at most ``limit`` outputs in all."""
+        if self._compiled:
+            return self._step_compiled(chunk, limit)
+        return self._step_numpy(chunk, limit)
+
+    def _step_numpy(self, chunk: Samples, limit: int | None) -> Samples:
         up, down = self._step_up, self._step_down
         count = chunk.shape[0]
         held = self._held
@@ -545,7 +549,7 @@ class Resampler:
         return self._output_count, available
 
     def _step_compiled(self, chunk: Samples, limit: int | None) -> Samples:
-        """:meth:`_step` in the compiled kernel: the same outputs and history, of any length of input."""
+        """:meth:`_step_numpy` in the compiled kernel: the same outputs and history."""
         up, down = self._step_up, self._step_down
         held = self._held
         end = held + chunk.shape[0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
+import pytest
 
-from voicebot.call import AudioFrame, CallEnded, _InboundQueue
+from voicebot.call import AudioFrame, CallEnded, _audio_frame, _InboundQueue
 from voicebot.events import Dtmf
 
 
@@ -69,3 +71,15 @@ async def test_a_waiting_handler_wakes_for_audio_and_for_control_events() -> Non
     await asyncio.sleep(0)
     queue.put_control(press)
     assert await asyncio.wait_for(waiting, 5) is press
+
+
+def test_the_pipelines_frames_are_the_same_frozen_audio_frames_a_bot_would_build() -> None:
+    samples = np.arange(320, dtype=np.int16)
+    made = _audio_frame(samples, 16000, 7)
+    built = AudioFrame(samples, 16000, 7)
+    assert type(made) is AudioFrame
+    names = [field.name for field in dataclasses.fields(AudioFrame)]
+    assert [getattr(made, name) is getattr(built, name) for name in names] == [True] * len(names)
+    assert repr(made) == repr(built) and made.duration == 0.02 and made.timestamp == pytest.approx(0.14)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.index = 8  # type: ignore[misc]

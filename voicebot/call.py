@@ -85,6 +85,22 @@ class AudioFrame:
         return self.index * len(self.samples) / self.sample_rate
 
 
+_new_object: Final = object.__new__
+_set_frame_samples: Final = vars(AudioFrame)["samples"].__set__
+_set_frame_rate: Final = vars(AudioFrame)["sample_rate"].__set__
+_set_frame_index: Final = vars(AudioFrame)["index"].__set__
+
+
+def _audio_frame(samples: Samples, sample_rate: int, index: int) -> AudioFrame:
+    """``AudioFrame(samples, sample_rate, index)`` at a third of the cost: the frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``; this sets the slots directly."""
+    frame = _new_object(AudioFrame)
+    _set_frame_samples(frame, samples)
+    _set_frame_rate(frame, sample_rate)
+    _set_frame_index(frame, index)
+    return frame
+
+
 @dataclass(frozen=True, slots=True)
 class CallEnded:
     """The last event of every call; ``reason`` as in ``Handler.on_stop``."""
@@ -738,7 +754,7 @@ class Call:
         if not pieces:
             return
         rate, first = self.handler_rate, self._frames_delivered
-        self._queue.put_frames([AudioFrame(samples, rate, first + k) for k, samples in enumerate(pieces)])
+        self._queue.put_frames([_audio_frame(samples, rate, first + k) for k, samples in enumerate(pieces)])
         self._frames_delivered = first + len(pieces)
         self.stats.frames_in = self._frames_delivered
         self.stats.frames_dropped = self._queue.dropped

@@ -127,8 +127,8 @@ async def test_sigterm_drains_live_calls_then_exits_0() -> None:
             process.kill()
         stderr = process.stderr.read().decode() if process.stderr else ""
     assert "draining" in stderr
-    # Operators can tell from the log whether the install has the resampler's compiled kernel.
-    kernel = "resampler: compiled kernel" if compiled_resampler_available() else "resampler: numpy only"
+    # Operators can tell from the log whether the install has the compiled kernels.
+    kernel = "base64: compiled kernels" if compiled_resampler_available() else "base64: no compiled kernels"
     assert kernel in stderr
 
 

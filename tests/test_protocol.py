@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import json
 import re
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from voicebot import protocol as protocol_module
 from voicebot.errors import LocalProtocolError, RemoteProtocolError
 from voicebot.events import Clear, Connected, Dtmf, Encoding, Mark, Media, Start, Stop, Unknown
 from voicebot.protocol import (
@@ -20,6 +22,8 @@ from voicebot.protocol import (
     TRANSITIONS,
     StreamProtocol,
     StreamState,
+    _b64decode_nothing,
+    _b64encode_binascii,
     _parse_any_message,
     _parse_documented_media,
     parse_custom_parameters,
@@ -591,3 +595,83 @@ def test_an_end_short_of_the_limit_or_with_no_known_limit_keeps_its_reason(
 ) -> None:
     assert remote_end_reason("callended", streamed, limit) == "callended"
     assert remote_end_reason("stopped", streamed, 0.0 if limit is None else limit) == "stopped"
+
+
+# --- base64 of media payloads: the compiled kernels against binascii ----------------------------------
+
+needs_base64_kernels = pytest.mark.skipif(
+    protocol_module._b64encode_ascii is _b64encode_binascii,
+    reason="voicebot._dsp not built (no C compiler at install)",
+)
+CANONICAL_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def _strict_binascii(text: str) -> bytes | None:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+@needs_base64_kernels
+@settings(max_examples=400)
+@given(st.binary(max_size=4000))
+def test_compiled_base64_encodes_and_decodes_exactly_as_binascii(data: bytes) -> None:
+    text = binascii.b2a_base64(data, newline=False).decode("ascii")
+    assert protocol_module._b64encode_ascii(data) == text
+    assert protocol_module._b64decode_canonical(text) == data
+
+
+@st.composite
+def base64_like_texts(draw: st.DrawFn) -> str:
+    """Valid base64 with up to three characters replaced, inserted or cut, or any short text."""
+    if draw(st.booleans()):
+        return draw(st.text(alphabet="AQgw+/=\n -_é\x00", max_size=12))
+    text = list(base64.b64encode(draw(st.binary(max_size=30))).decode())
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.integers(0, len(text)))
+        change = draw(st.sampled_from(["replace", "insert", "cut"]))
+        character = draw(st.sampled_from("Az09+/=\n -_é\x00"))
+        if change == "insert" or where == len(text):
+            text.insert(where, character)
+        elif change == "replace":
+            text[where] = character
+        else:
+            del text[where]
+    return "".join(text)
+
+
+@needs_base64_kernels
+@settings(max_examples=1500)
+@given(base64_like_texts())
+def test_compiled_decoder_gives_binascii_strict_result_or_leaves_the_text_to_binascii(text: str) -> None:
+    fast = protocol_module._b64decode_canonical(text)
+    if fast is not None:
+        assert fast == _strict_binascii(text)
+    if CANONICAL_BASE64.fullmatch(text):  # the form Exotel sends always takes the compiled path
+        assert fast is not None
+
+
+@needs_base64_kernels
+def test_compiled_decoder_takes_only_str() -> None:
+    with pytest.raises(TypeError, match="must be a str"):
+        protocol_module._b64decode_canonical(b"AAAA")  # type: ignore[arg-type]
+
+
+def test_media_payloads_without_the_compiled_base64_are_decoded_and_encoded_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = [media_message(payload) for payload in (b"", b"\x01\x02\x03", bytes(range(256)) * 7)]
+    texts.append('{"event": "media", "media": {"payload": "@@@"}}')
+    audio = bytes(range(256)) * 5
+    protocol = streaming_protocol()
+
+    def outcomes() -> list[object]:
+        return [_outcome(lambda t, e: parse_message(t, encoding=e), text, Encoding.MULAW) for text in texts]
+
+    compiled, sent = outcomes(), protocol.media(audio)
+    monkeypatch.setattr(protocol_module, "_b64decode_canonical", _b64decode_nothing)
+    monkeypatch.setattr(protocol_module, "_b64encode_ascii", _b64encode_binascii)
+    assert outcomes() == compiled and protocol.media(audio) == sent
+    assert compiled[1] == Media(7, 6, 600, b"\x01\x02\x03")
+    assert compiled[-1] == ("error", "media.payload: invalid base64 (Only base64 data is allowed)")

@@ -1,4 +1,4 @@
-"""Types of the compiled kernel in ``_dsp.c`` (see ``voicebot.audio.Resampler``)."""
+"""Types of the compiled kernels in ``_dsp.c`` (used by ``voicebot.audio`` and ``voicebot.protocol``)."""
 
 import numpy as np
 import numpy.typing as npt
@@ -17,3 +17,9 @@ def polyphase_step(
 ) -> None:
     """One streaming polyphase resampler step, in place: outputs into ``out``, new history into
     ``history``."""
+
+def b64decode_canonical(text: str, /) -> bytes | None:
+    """``binascii.a2b_base64(text, strict_mode=True)`` for canonical base64; None for any other text."""
+
+def b64encode_ascii(data: bytes, /) -> str:
+    """``binascii.b2a_base64(data, newline=False).decode("ascii")``."""

@@ -244,7 +244,10 @@ def run_server(handler_class: type[Handler], config: ServeConfig, **runner_optio
     with asyncio.Runner(loop_factory=factory, **runner_options) as runner:
         log.info("event loop: %s", "uvloop" if factory else "asyncio")
         if compiled_resampler_available():
-            log.info("resampler: compiled kernel")
+            log.info("resampler and base64: compiled kernels")
         else:
-            log.warning("resampler: numpy only, 1.5-3x the CPU per step (reinstall with a C compiler)")
+            log.warning(
+                "resampler and base64: no compiled kernels, so numpy and binascii at 1.5-7x the CPU "
+                "(reinstall with a C compiler)"
+            )
         runner.run(_serve_until_signalled(handler_class, config))

@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from voicebot import AudioFrame, Call, Encoding, Handler, Playback, tone
+from voicebot import call as call_module
 from voicebot.config import ServeConfig
 from voicebot.server import Server
 from voicebot.testing import FakeExotel, serve_handler
@@ -144,12 +145,18 @@ class Echo(Recorder):
         type(self).notes.append(call.pending_playbacks)
 
 
-async def test_echo_comes_back_as_full_chunks_of_continuous_audio() -> None:
+@pytest.mark.parametrize("writes", ["direct", "send()"])
+async def test_echo_comes_back_as_full_chunks_of_continuous_audio(
+    writes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if writes == "send()":  # a websockets without the sans-I/O protocol object: every message via send()
+        monkeypatch.setattr(call_module, "_can_write_directly", lambda connection: False)
     rate = 8000
     voice = np.concatenate([np.zeros(rate // 2, np.int16), tone(300, 2.0, rate, amplitude=0.3)])
     bot = recorder(Echo)
     async with serve_handler(bot) as url, FakeExotel(url, sample_rate=rate, caller_audio=voice) as exotel:
         await exotel.run(3.5)
+    assert bot.calls[0]._direct_writes is (writes == "direct")
     report = exotel.result
     assert report.ok, report.summary()
     onset = report.onset(after=0.5, threshold=0.1)

@@ -379,12 +379,21 @@ def _parse_documented_media(text: str, encoding: Encoding) -> Media | None:
     except RemoteProtocolError:  # the tolerant reader words the error
         return None
     seq_quoted, seq_bare, chunk_quoted, chunk_bare, timestamp_quoted, timestamp_bare = head.groups()
-    return Media(
-        int(seq_quoted or seq_bare),
-        int(chunk_quoted or chunk_bare),
-        int(timestamp_quoted or timestamp_bare),
-        data,
-    )
+    # Media(...) with its slots set directly: the frozen dataclass's __init__ sets each field through
+    # object.__setattr__, which costs twice as much, ten times a second per call.
+    media = _new_object(Media)
+    _set_media_sequence_number(media, int(seq_quoted or seq_bare))
+    _set_media_chunk(media, int(chunk_quoted or chunk_bare))
+    _set_media_timestamp(media, int(timestamp_quoted or timestamp_bare))
+    _set_media_payload(media, data)
+    return media
+
+
+_new_object: Final = object.__new__
+_set_media_sequence_number: Final = vars(Media)["sequence_number"].__set__
+_set_media_chunk: Final = vars(Media)["chunk"].__set__
+_set_media_timestamp: Final = vars(Media)["timestamp"].__set__
+_set_media_payload: Final = vars(Media)["payload"].__set__
 
 
 def _parse_any_message(text: str | bytes, encoding: Encoding, url_rate: int | None) -> Event:

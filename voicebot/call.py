@@ -947,8 +947,9 @@ class Call:
 
 
 def _can_write_directly(connection: ServerConnection) -> bool:
-    """Whether media can be written through the connection's sans-I/O protocol and its transport
-    (websockets' documented ``Protocol`` API); otherwise every message goes through ``send``."""
+    """Whether media can be written through the connection's ``protocol`` (websockets' documented
+    sans-I/O ``Protocol``: ``send_text``, ``data_to_send``) and its transport; the attribute itself is
+    not in websockets' reference, so without it every message goes through ``send``."""
     protocol = getattr(connection, "protocol", None)
     return isinstance(protocol, Protocol) and hasattr(connection, "transport")
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from voicebot import server as server_module
 from voicebot.audio import compiled_resampler_available
 from voicebot.cli import build_parser, main
 from voicebot.config import OPTIONS, ServeConfig
 from voicebot.errors import ConfigError
+from voicebot.protocol import compiled_base64_available
 from voicebot.testing import FakeExotel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,8 +130,10 @@ async def test_sigterm_drains_live_calls_then_exits_0() -> None:
         stderr = process.stderr.read().decode() if process.stderr else ""
     assert "draining" in stderr
     # Operators can tell from the log whether the install has the compiled kernels.
-    kernel = "base64: compiled kernels" if compiled_resampler_available() else "base64: no compiled kernels"
-    assert kernel in stderr
+    if compiled_resampler_available() and compiled_base64_available():
+        assert "compiled kernels: resampler and base64" in stderr
+    else:
+        assert "compiled kernels missing" in stderr
 
 
 @pytest.mark.timeout(60)
@@ -153,3 +157,28 @@ def test_readme_documents_every_serve_flag_and_variable() -> None:
     readme = (ROOT / "README.md").read_text()
     for option in OPTIONS:
         assert f"`{option.flag}`" in readme and f"`{option.env}`" in readme, option.flag
+
+
+@pytest.mark.parametrize(
+    ("resampler", "base64", "expected"),
+    [
+        (True, True, ["compiled kernels: resampler and base64"]),
+        (False, True, ["compiled kernels missing", "resampler: numpy only"]),
+        (True, False, ["compiled kernels missing", "base64: binascii only"]),
+    ],
+)
+def test_serve_says_which_compiled_kernels_it_lacks(
+    resampler: bool,
+    base64: bool,
+    expected: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(server_module, "compiled_resampler_available", lambda: resampler)
+    monkeypatch.setattr(server_module, "compiled_base64_available", lambda: base64)
+    with caplog.at_level("INFO", logger="voicebot.server"):
+        server_module._log_compiled_kernels()
+    (record,) = caplog.records
+    assert all(text in record.getMessage() for text in expected), record.getMessage()
+    assert record.levelname == ("INFO" if resampler and base64 else "WARNING")
+    assert ("numpy only" in record.getMessage()) is not resampler

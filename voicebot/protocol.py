@@ -70,6 +70,7 @@ __all__ = [
     "StreamFormat",
     "StreamProtocol",
     "StreamState",
+    "compiled_base64_available",
     "parse_custom_parameters",
     "parse_message",
     "rate_from_url",
@@ -201,6 +202,11 @@ def remote_end_reason(reason: str, streamed_seconds: float, session_limit: float
     if session_limit and streamed_seconds >= session_limit - SESSION_LIMIT_SLACK:
         return SESSION_LIMIT_REASON
     return reason
+
+
+def compiled_base64_available() -> bool:
+    """Whether media payloads' base64 runs in the compiled module; without it, in ``binascii`` alone."""
+    return _b64encode_ascii is not _b64encode_binascii
 
 
 def _decode_payload(value: Any, encoding: Encoding) -> bytes:

@@ -323,6 +323,11 @@ b64decode_canonical(PyObject *module, PyObject *text)
         PyErr_Format(PyExc_TypeError, "text must be a str, got %s", Py_TYPE(text)->tp_name);
         return NULL;
     }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) != 0) { /* a no-op, deprecated, from 3.12 on */
+        return NULL;
+    }
+#endif
     if (!PyUnicode_IS_ASCII(text)) {
         Py_RETURN_NONE;
     }

@@ -516,17 +516,23 @@ class Step:
         return self.voicebot.calls_per_core / self.baseline.calls_per_core
 
     @property
-    def best_ratio(self) -> float | None:
-        """With ``--pairs``: the ratio of each server's cheapest run (None without pairs).
+    def cheapest_costs(self) -> tuple[float, float] | None:
+        """With ``--pairs``: each server's lowest CPU per call-second over its runs (baseline, voicebot).
 
         Other tenants only ever add CPU time to a run (cache and memory contention, a slower clock),
         never take it away, so each server's cheapest run is the best estimate of its own cost, as
-        ``timeit`` takes the fastest repeat. It complements the median pair, which a single disturbed
-        run can still move.
+        ``timeit`` takes the fastest repeat.
         """
         if not self.pair_costs:
             return None
-        return min(base for base, _ in self.pair_costs) / min(vb for _, vb in self.pair_costs)
+        return min(base for base, _ in self.pair_costs), min(vb for _, vb in self.pair_costs)
+
+    @property
+    def best_ratio(self) -> float | None:
+        """With ``--pairs``: the calls-per-core ratio of the cheapest runs; it complements the median
+        pair, which a single disturbed run can still move."""
+        cheapest = self.cheapest_costs
+        return None if cheapest is None else cheapest[0] / cheapest[1]
 
 
 def print_step(step: Step) -> None:
@@ -562,12 +568,13 @@ def print_step(step: Step) -> None:
         ),
         flush=True,
     )
-    if step.pair_costs:
+    cheapest = step.cheapest_costs
+    if cheapest is not None:
         listed = ", ".join(f"{vb * 1e3:.2f}/{base * 1e3:.2f}" for base, vb in step.pair_costs)
         print(
             f"  each pair, voicebot/baseline ms per call-second: {listed}; each server's cheapest run: "
-            f"voicebot {min(vb for _, vb in step.pair_costs) * 1e3:.2f}, baseline "
-            f"{min(base for base, _ in step.pair_costs) * 1e3:.2f}, ratio {step.best_ratio:.2f}",
+            f"voicebot {cheapest[1] * 1e3:.2f}, baseline {cheapest[0] * 1e3:.2f}, "
+            f"ratio {cheapest[0] / cheapest[1]:.2f}",
             flush=True,
         )
 

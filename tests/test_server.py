@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import inspect
 import logging
 from typing import ClassVar
 
@@ -297,6 +299,32 @@ async def test_a_failing_spawned_task_ends_its_call_with_1011() -> None:
         await exotel.wait_closed(timeout=5)
     assert exotel.result.close_code == 1011
     assert bot.calls[0].ended is not None and bot.calls[0].ended.reason == "error"
+
+
+class SpawnThenCancel(Recorder):
+    """Spawns work and cancels it at once, before its first step, as a call ending then would."""
+
+    async def on_start(self, call: Call) -> None:
+        await super().on_start(call)
+
+        async def work() -> None:
+            await asyncio.sleep(60)
+
+        coroutine = work()
+        task = call.spawn(coroutine)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        type(self).notes.append(inspect.getcoroutinestate(coroutine))
+        await call.hangup()
+
+
+async def test_spawned_work_cancelled_before_it_started_is_closed_not_left_unawaited() -> None:
+    # Otherwise Python warns "coroutine ... was never awaited" when it is collected.
+    bot = recorder(SpawnThenCancel)
+    async with serve_handler(bot) as url, FakeExotel(url) as exotel:
+        await exotel.wait_closed(timeout=5)
+    assert bot.notes == [inspect.CORO_CLOSED]
 
 
 class Stopper(Recorder):

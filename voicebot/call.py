@@ -578,6 +578,9 @@ class Call:
         task = self._task_group.create_task(self._guard(coro), name=name or f"call-{self.call_sid}-work")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step (the call ended at once) never awaits `coro`; close
+        # it, or Python warns that it was never awaited. Closing a finished coroutine does nothing.
+        task.add_done_callback(lambda _: coro.close())
         return task
 
     # --- lifecycle -----------------------------------------------------------------------------------

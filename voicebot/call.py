@@ -821,10 +821,11 @@ class Call:
             for item in self._outbound.poll(now):
                 if isinstance(item, OutboundChunk):
                     payload = encode(item.samples, self._protocol.encoding)
+                    text = self._protocol.media(payload)
                     if self._direct_writes:
-                        self._write_now(self._protocol.media(payload))
+                        self._write_now(text)
                     else:
-                        await self._connection.send(self._protocol.media(payload))
+                        await self._connection.send(text)
                     self.stats.chunks_out += 1
                     self.stats.bytes_out += len(payload)
                 elif isinstance(item, OutboundMark):

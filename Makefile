@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# setup.py and the C source too: an editable install compiles the resampler's kernel once, so a change
-# to it needs a reinstall.
+# setup.py and the C source too: an editable install compiles the kernels (voicebot/_dsp.c) once, so a
+# change to it needs a reinstall.
 $(STAMP): pyproject.toml setup.py voicebot/_dsp.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

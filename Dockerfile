@@ -2,7 +2,7 @@
 # voicebot media server. Build: docker build -t voicebot .   Run: docker run -p 8080:8080 voicebot
 
 # --- build stage: install into a venv once, compiling the C kernels (resampler, base64), so the runtime
-# image needs no compiler ----------------------------------------------------------------------------------------
+# image needs no compiler ----------------------------------------------------------------------------------
 FROM python:3.13-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update \
